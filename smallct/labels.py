@@ -1,0 +1,219 @@
+"""Labels: from a folder of images (and a CSV, or class sub-folders) to a labelled table.
+
+Three layouts are read:
+
+* the Head CT ``labels.csv`` as distributed (header ``id, hemorrhage`` with a space; id ``0``
+  names ``000.png``);
+* any CSV, with ``id_col`` and ``label_col`` (an id may be a file name, a stem, or a number
+  that matches a zero-padded stem);
+* class-per-folder, ``DIR/<class>/*.png``.
+
+Every problem is collected and reported at once, in one line: ids without a file, files without a
+label, duplicated ids with conflicting labels, labels outside the expected classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from smallct.ingest import IMAGE_SUFFIXES, list_images
+
+
+@dataclass
+class Dataset:
+    """A labelled image set.
+
+    ``labels`` is (N,) int class indices into ``class_names`` for binary/multiclass tasks, or
+    (N, L) 0/1 for multi-label tasks (``class_names`` are then the label names). ``groups`` (N,)
+    holds a patient id per image when known, so that folds never split a patient.
+    """
+
+    ids: list[str]
+    files: list[Path]
+    labels: np.ndarray
+    class_names: list[str]
+    task: str = "binary"
+    groups: np.ndarray | None = None
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def label_names(self) -> list[str]:
+        if self.labels.ndim == 2:
+            return ["|".join(n for n, v in zip(self.class_names, row) if v) or "none" for row in self.labels]
+        return [self.class_names[i] for i in self.labels]
+
+    def subset(self, index) -> "Dataset":
+        index = np.asarray(index)
+        return Dataset(
+            ids=[self.ids[i] for i in index], files=[self.files[i] for i in index],
+            labels=self.labels[index], class_names=self.class_names, task=self.task,
+            groups=None if self.groups is None else self.groups[index], source=self.source, meta=self.meta)
+
+
+def _short(items, limit: int = 8) -> str:
+    items = [str(i) for i in items]
+    more = f", ... ({len(items)} in all)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _file_index(files: list[Path]) -> dict[str, Path]:
+    """Keys under which an id can name a file: name, stem, and the integer value of a numeric stem."""
+    index: dict[str, Path] = {}
+    for path in files:
+        index[path.name] = path
+        index[path.stem] = path
+        if path.stem.isdigit():
+            index.setdefault(str(int(path.stem)), path)
+    return index
+
+
+def _normalise_id(value) -> str:
+    text = str(value).strip()
+    if text.endswith(".0") and text[:-2].isdigit():  # ids read as floats
+        text = text[:-2]
+    return text
+
+
+def _class_names(values: pd.Series, where: str, classes: list[str] | None) -> tuple[list[str], list[str]]:
+    """Class names in order, and the problems found."""
+    problems = []
+    if classes is not None:
+        names = [str(c) for c in classes]
+        bad = sorted({str(v) for v in values if str(v) not in names})
+        if bad:
+            problems.append(f"labels outside the expected classes {names}: {_short(bad)}")
+        return names, problems
+    if values.isna().any():
+        problems.append(f"{int(values.isna().sum())} empty labels")
+        values = values.dropna()
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().all():
+        bad = sorted({v for v in numeric if v != int(v) or v < 0})
+        if bad:
+            problems.append(f"labels outside the expected classes (non-negative integers): {_short(bad)}")
+        names = [str(int(v)) for v in sorted(set(numeric)) if v == int(v) and v >= 0]
+    else:
+        names = sorted({str(v) for v in values})
+    if len(names) < 2:
+        problems.append(f"only one class ({_short(names)}) in {where}: a classifier needs two")
+    return names, problems
+
+
+def read_csv_labels(folder: Path, labels: Path, id_col: str | None = None, label_col: str | None = None,
+                    classes: list[str] | None = None) -> Dataset:
+    """Read an (id, label) CSV whose ids name image files in ``folder``."""
+    try:
+        table = pd.read_csv(labels, skipinitialspace=True, dtype=str)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{labels}: cannot read labels CSV ({err})") from None
+    table.columns = [c.strip() for c in table.columns]
+    if id_col is None:
+        id_col = "id" if "id" in table.columns else table.columns[0]
+    if label_col is None:
+        others = [c for c in table.columns if c != id_col]
+        if len(others) != 1:
+            raise ValueError(f"{labels}: {len(table.columns)} columns ({', '.join(table.columns)}); "
+                             "say which holds the label with --label-col")
+        label_col = others[0]
+    for col in (id_col, label_col):
+        if col not in table.columns:
+            raise ValueError(f"{labels}: no column {col!r} (columns: {', '.join(table.columns)})")
+    table = table[[id_col, label_col]].copy()
+    table[id_col] = table[id_col].map(_normalise_id)
+    table[label_col] = table[label_col].map(lambda v: v.strip() if isinstance(v, str) else v)
+
+    problems = []
+    dup = table[table.duplicated(id_col, keep=False)]
+    conflicting = sorted(i for i, g in dup.groupby(id_col) if g[label_col].nunique(dropna=False) > 1)
+    if conflicting:
+        problems.append(f"duplicated ids with conflicting labels: {_short(conflicting)}")
+    table = table.drop_duplicates(id_col)
+
+    files = list_images(folder)
+    index = _file_index(files)
+    missing = [i for i in table[id_col] if i not in index]
+    if missing:
+        problems.append(f"ids without a file in {folder}: {_short(missing)}")
+    matched = {index[i] for i in table[id_col] if i in index}
+    unlabelled = [p.name for p in files if p not in matched]
+    if unlabelled:
+        problems.append(f"files without a label: {_short(unlabelled)}")
+    names, label_problems = _class_names(table[label_col], str(labels), classes)
+    problems += label_problems
+    if problems:
+        raise ValueError(f"{labels}: " + "; ".join(problems))
+
+    table = table[table[id_col].isin(index)]
+    paths = [index[i] for i in table[id_col]]
+    order = np.argsort([str(p) for p in paths], kind="stable")
+    raw = table[label_col].tolist()
+    if classes is None and pd.to_numeric(table[label_col], errors="coerce").notna().all():
+        raw = [str(int(float(v))) for v in raw]
+    labels_arr = np.array([names.index(str(v)) for v in raw], dtype=np.int64)
+    return Dataset(
+        ids=[table[id_col].iloc[i] for i in order], files=[paths[i] for i in order],
+        labels=labels_arr[order], class_names=names, task="binary" if len(names) == 2 else "multiclass",
+        source=f"{folder} (labels {labels})")
+
+
+def read_class_folders(folder: Path, classes: list[str] | None = None) -> Dataset:
+    """Read ``folder/<class>/*.png``: the class of an image is the name of its sub-folder."""
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = {d.name: list_images(d) for d in subdirs}
+    found = {k: v for k, v in found.items() if v}
+    names = [str(c) for c in classes] if classes is not None else sorted(found)
+    problems = []
+    bad = [k for k in found if k not in names]
+    if bad:
+        problems.append(f"class folders outside the expected classes {names}: {_short(bad)}")
+    if len(found) < 2:
+        problems.append("a class-per-folder layout needs at least two sub-folders with images")
+    if problems:
+        raise ValueError(f"{folder}: " + "; ".join(problems))
+    ids, files, labels = [], [], []
+    for name in names:
+        for path in found.get(name, []):
+            ids.append(f"{name}/{path.stem}")
+            files.append(path)
+            labels.append(names.index(name))
+    return Dataset(ids=ids, files=files, labels=np.array(labels, dtype=np.int64), class_names=names,
+                   task="binary" if len(names) == 2 else "multiclass", source=f"{folder} (class folders)")
+
+
+def load_dataset(folder: str | Path, labels: str | Path | None = None, id_col: str | None = None,
+                 label_col: str | None = None, classes: list[str] | None = None) -> Dataset:
+    """Find and read the labels of an image folder.
+
+    ``labels`` given: that CSV. Else ``folder/labels.csv`` when present, else class sub-folders.
+    A prepared folder (``smallct.prepare``) with a ``manifest.csv`` is read by
+    :func:`smallct.labels.read_manifest` when it is registered (see ``MANIFEST_READERS``).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such folder")
+    if labels is not None:
+        labels = Path(labels)
+        if not labels.is_file():
+            raise ValueError(f"{labels}: no such labels file")
+        return read_csv_labels(folder, labels, id_col, label_col, classes)
+    for name, reader in MANIFEST_READERS.items():
+        if (folder / name).is_file():
+            return reader(folder)
+    if (folder / "labels.csv").is_file():
+        return read_csv_labels(folder, folder / "labels.csv", id_col, label_col, classes)
+    if any(p.is_dir() for p in folder.iterdir()):
+        return read_class_folders(folder, classes)
+    images = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    raise ValueError(f"{folder}: {len(images)} images but no labels: add labels.csv, pass --labels CSV, "
+                     "or put each class in a sub-folder")
+
+
+# Readers of prepared folders, by the file that marks them (filled by smallct.prepare).
+MANIFEST_READERS: dict = {}
