@@ -56,13 +56,14 @@ class CVConfig:
 
     arch: str = "resnet18"
     weights: str = "imagenet"  # imagenet | none | PATH to a state dict
-    task: Task = "binary"
+    task: Task | None = None  # None: from the data (binary/multiclass by class count, multilabel when prepared so)
     folds: int = 5
     repeats: int = 1
     seed: int = 0
     device: str = "auto"
     out: Path = Path("runs/cv")
     workers: int = 0  # decoding processes; 0 = every core
+    params_source: str | None = None  # where tuned settings came from (recorded in results.json)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 

@@ -160,7 +160,7 @@ def to_rgb_uint8(image: Any) -> np.ndarray:
         rgb = np.repeat(rgb[:, :, None], 3, axis=2)
     if alpha is not None:
         a = _to_uint8_values(np.ascontiguousarray(alpha), name + " (alpha)").astype(np.uint16)
-        rgb = ((rgb.astype(np.uint16) * a + 127) // 255).astype(np.uint8)
+        rgb = ((rgb.astype(np.uint16) * a[:, :, None] + 127) // 255).astype(np.uint8)
     return np.ascontiguousarray(rgb)
 
 

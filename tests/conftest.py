@@ -1,0 +1,50 @@
+"""Shared test fixtures: paths to the real data (never copied into the repo) and small generated sets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def _data_path(env: str, default: Path) -> Path:
+    return Path(os.environ.get(env) or default)
+
+
+def require(path: Path, what: str) -> Path:
+    """The path, or a skip outside CI; in CI (CI=true) a missing data folder is a failure, never a skip."""
+    if path.exists():
+        return path
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} not found at {path} (set the environment variable or lay shared/ beside the repo)")
+    pytest.skip(f"{what} not found at {path}")
+
+
+@pytest.fixture(scope="session")
+def head_ct_dir() -> Path:
+    """The real Kaggle Head CT set: $SMALLCT_HEAD_CT, else ../shared/data/head_ct."""
+    return require(_data_path("SMALLCT_HEAD_CT", SHARED_DATA / "head_ct"), "Head CT set")
+
+
+@pytest.fixture(scope="session")
+def rsna_sample_dir() -> Path:
+    """One real RSNA slice: $SMALLCT_RSNA_SAMPLE, else ../shared/data/rsna_sample."""
+    return require(_data_path("SMALLCT_RSNA_SAMPLE", SHARED_DATA / "rsna_sample"), "RSNA sample")
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """A small synthetic phantom PNG set (40 images, mixed PNG modes, labels.csv like the Head CT set)."""
+    from smallct.phantom import write_phantom_png_set
+
+    return write_phantom_png_set(tmp_path_factory.mktemp("phantom"), n=40, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Every test session decodes into its own cache folder, never the user's."""
+    monkeypatch.setenv("SMALLCT_CACHE", str(tmp_path_factory.getbasetemp() / "smallct-cache"))
