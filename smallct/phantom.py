@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from smallct.dicom import window
+
 # Typical attenuation, HU
 AIR, CSF, BRAIN, BLOOD, BONE = -1000.0, 5.0, 35.0, 70.0, 1000.0
 
@@ -66,11 +68,6 @@ def head_phantom_hu(size: int = 256, lesion: bool = False, rng: np.random.Genera
     return hu
 
 
-def window_to_uint8(hu: np.ndarray, center: float = 40.0, width: float = 80.0) -> np.ndarray:
-    """Display HU through a window: clip((HU - (c - w/2)) / w, 0, 1) * 255 as uint8."""
-    return np.round(np.clip((hu - (center - width / 2)) / width, 0.0, 1.0) * 255).astype(np.uint8)
-
-
 # The file formats of the phantom set, in turn: like the Kaggle set, mostly RGB, some RGBA, and
 # also 8-bit and 16-bit grey so that the ingest path meets every one of them.
 PNG_FORMATS = ("RGB", "RGB", "RGBA", "L", "I;16")
@@ -106,7 +103,7 @@ def write_phantom_png_set(out: str | Path, n: int = 200, seed: int = 0, size_ran
     for i, label in enumerate(labels):
         size = int(rng.integers(size_range[0], size_range[1] + 1))
         hu = head_phantom_hu(size, lesion=bool(label), rng=rng, lesion_scale=lesion_scale)
-        _save(window_to_uint8(hu), PNG_FORMATS[i % len(PNG_FORMATS)], out / f"{i:03d}.png")
+        _save(window(hu, 40, 80), PNG_FORMATS[i % len(PNG_FORMATS)], out / f"{i:03d}.png")
         rows.append(f"{i},{label}")
     (out / "labels.csv").write_text("id, hemorrhage\n" + "\n".join(rows) + "\n")
     return out
