@@ -26,6 +26,7 @@ class DataConfig:
     resize: Literal["pad", "squash"] = "pad"  # pad: keep aspect ratio, pad with black
     crop: bool = True  # crop the black border around the head before resizing
     phantom_n: int = 200  # images in the embedded synthetic set
+    group_similar: float | None = 0.92  # keep near-duplicates in one fold (thumbnail correlation); None: off
 
 
 @dataclass
@@ -48,6 +49,7 @@ class TrainConfig:
     augment: Literal["none", "flip", "affine"] = "affine"  # affine: flips + rotation/scale/shift
     tta: bool = True  # horizontal-flip test-time augmentation at evaluation
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the training forward pass on CUDA (ignored on CPU)
 
 
 @dataclass

@@ -30,8 +30,10 @@ import torch
 
 import smallct
 from smallct import plots
+from smallct.audit import size_note
 from smallct.cache import cache_dir, load_images
 from smallct.config import CVConfig, DataConfig, TrainConfig, to_dict
+from smallct.duplicates import combine_groups, similar_groups
 from smallct.labels import Dataset, load_dataset
 from smallct.metrics import bootstrap_ci, classification_metrics, summarize_folds
 from smallct.models import create_model
@@ -105,7 +107,9 @@ def build_run_record(cfg: CVConfig, dataset: Dataset, source: WeightSource, img_
         "input": {"img_size": img_size, "resize": cfg.data.resize, "crop": cfg.data.crop,
                   "mean": list(source.mean), "std": list(source.std),
                   "channels": dataset.meta.get("channels", "RGB uint8 from smallct.ingest.prepare"),
-                  "windows": dataset.meta.get("windows")},
+                  "windows": dataset.meta.get("windows"),
+                  # side (px) of the PNGs smallct.prepare made from DICOM: predict repeats it for .dcm input
+                  "prepared_size": dataset.meta.get("size")},
         "tta": cfg.train.tta,
         "seed": cfg.seed,
         "data": {"source": dataset.source, "n_images": len(dataset), "synthetic": cfg.data.data is None},
@@ -165,18 +169,19 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
         raise ValueError(f"--task {cfg.task}: the data ({dataset.source}) is a {dataset.task} task")
     device = resolve_device(cfg.device)
     img_size = cfg.data.img_size or source.input_size
-    folds = fold_assignment(dataset.labels, cfg.folds, cfg.repeats, cfg.seed, dataset.groups)
+    images = load_images(dataset.files, img_size, cfg.data.resize, cfg.data.crop, workers=cfg.workers,
+                         progress=progress)
+    groups, similar = _fold_groups(dataset, images, cfg.data.group_similar, log)
+    folds = fold_assignment(dataset.labels, cfg.folds, cfg.repeats, cfg.seed, groups)
     out = Path(cfg.out)
     record = build_run_record(cfg, dataset, source, img_size, folds)
+    record["similar_images"] = {"threshold": cfg.data.group_similar,
+                                "pairs": [[dataset.ids[i], dataset.ids[j], round(c, 4)] for i, j, c in similar]}
     resuming = _check_resume(out, record)
     (out / "folds").mkdir(parents=True, exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
     if not resuming:
         _atomic_json(out / "run.json", record)
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    images = load_images(dataset.files, img_size, cfg.data.resize, cfg.data.crop, workers=cfg.workers,
-                         progress=progress)
     labels = torch.as_tensor(dataset.labels)
     todo = [(r, k) for r in range(cfg.repeats) for k in range(cfg.folds)
             if not (out / "folds" / f"{_fold_name(r, k)}.json").is_file()]
@@ -184,6 +189,9 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
     log(f"smallct.cv: {cfg.arch} ({source.description}), {len(dataset)} images at {img_size} px, "
         f"{cfg.folds} folds x {cfg.repeats} repeats, {cfg.train.epochs} epochs on {device.type}"
         + (f"; resuming: {done} folds already done" if done else ""))
+    note = size_note(dataset.files, cfg.data.data) if cfg.data.data is not None else None
+    if note:  # one pointer line; the audit itself is smallct.audit
+        log(note)
 
     if todo:
         model = create_model(cfg.arch, len(dataset.class_names), source)
@@ -203,6 +211,24 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
         _run_fold(cfg, dataset, source, images, labels, r, k, train, test, device, img_size, out, progress,
                   on_epoch)
     return finish_run(out, dataset, cfg, log=log, seconds=time.perf_counter() - start)
+
+
+def _fold_groups(dataset: Dataset, images: torch.Tensor, threshold: float | None, log=print):
+    """Groups for the splitter: patients (when known) joined with near-duplicate/similar images."""
+    if not threshold:
+        return dataset.groups, []
+    groups, pairs = similar_groups(images, threshold)
+    largest = np.bincount(groups).max()
+    if largest > len(groups) / 10:
+        # uniformly similar images (a synthetic phantom set): linking tells nothing about leakage
+        log(f"similar-image grouping skipped: {largest} of {len(groups)} images would form one group "
+            f"at correlation >= {threshold} (uniformly similar images, as in a synthetic set)")
+        return dataset.groups, []
+    if pairs:
+        shown = "; ".join(f"{dataset.files[i].name}~{dataset.files[j].name} {c:.3f}" for i, j, c in pairs[:4])
+        log(f"found {len(pairs)} pairs of near-duplicate or very similar images (thumbnail correlation >= "
+            f"{threshold}; e.g. {shown}): each linked set is kept in one fold (--group-similar 0 turns this off)")
+    return combine_groups(dataset.groups, groups), pairs
 
 
 def _run_fold(cfg, dataset, source, images, labels, r, k, train, test, device, img_size, out, progress, on_epoch):
@@ -318,15 +344,13 @@ def aggregate_results(folds: list[dict], dataset: Dataset, cfg: CVConfig) -> dic
         y = dataset.labels
         P = _stack_probs(folds, len(dataset), cfg.repeats)
         if dataset.task == "multilabel":
-            from smallct.rsna import multilabel_metrics
-
-            def fn(yy, idx):
-                return {k: np.mean([multilabel_metrics(yy, P[r, idx])[k] for r in range(cfg.repeats)])
-                        for k in metric_names}
+            from smallct.rsna import multilabel_metrics as metric
         else:
-            def fn(yy, idx):
-                return {k: np.mean([classification_metrics(yy, P[r, idx])[k] for r in range(cfg.repeats)])
-                        for k in metric_names}
+            metric = classification_metrics
+
+        def fn(yy, idx):
+            per_repeat = [metric(yy, P[r, idx]) for r in range(cfg.repeats)]  # once per repeat, not per figure
+            return {k: np.mean([m[k] for m in per_repeat]) for k in metric_names}
         idx_all = np.arange(len(dataset))
         results["pooled_oof"] = fn(y, idx_all)
         ci_metrics = [m for m in metric_names if m in ("accuracy", "balanced_accuracy", "roc_auc",
@@ -375,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pad: keep aspect ratio, pad with black (default); squash: stretch")
     g.add_argument("--crop", action=argparse.BooleanOptionalAction, default=d.crop,
                    help="crop the black border around the head first (default on)")
+    g.add_argument("--group-similar", type=float, default=d.group_similar, metavar="CORR",
+                   help="keep images whose 64 px thumbnails correlate >= CORR in one fold (near-duplicates, "
+                        f"neighbouring slices of one patient; default {d.group_similar}; 0 turns it off)")
     g.add_argument("--task", choices=["binary", "multiclass", "multilabel"], default=None,
                    help="default: from the data (multilabel for a prepared RSNA folder)")
     m = p.add_argument_group("model")
@@ -399,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--tta", action=argparse.BooleanOptionalAction, default=t.tta,
                    help="average with the left-right mirror at evaluation (default on)")
     o.add_argument("--amp", action=argparse.BooleanOptionalAction, default=t.amp, help="mixed precision on CUDA")
+    o.add_argument("--compile", action=argparse.BooleanOptionalAction, default=t.compile,
+                   help="torch.compile the model for training on CUDA (faster epochs after a compile of about a "
+                        "minute; ignored on CPU)")
     v = p.add_argument_group("validation and run")
     v.add_argument("--folds", type=int, default=c.folds)
     v.add_argument("--repeats", type=int, default=c.repeats)
@@ -441,12 +471,14 @@ def apply_params_file(parser: argparse.ArgumentParser, argv: list[str] | None) -
 
 def config_from_args(args: argparse.Namespace) -> CVConfig:
     data = DataConfig(data=args.data, labels=args.labels, id_col=args.id_col, label_col=args.label_col,
-                      img_size=args.img_size, resize=args.resize, crop=args.crop)
+                      img_size=args.img_size, resize=args.resize, crop=args.crop,
+                      group_similar=args.group_similar or None)
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                         momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
                         step_size=args.step_size, gamma=args.gamma, warmup_epochs=args.warmup_epochs,
                         freeze_epochs=args.freeze_epochs, backbone_lr_mult=args.backbone_lr_mult,
-                        label_smoothing=args.label_smoothing, augment=args.augment, tta=args.tta, amp=args.amp)
+                        label_smoothing=args.label_smoothing, augment=args.augment, tta=args.tta, amp=args.amp,
+                        compile=args.compile)
     return CVConfig(arch=args.arch, weights=args.weights, task=args.task, folds=args.folds,
                     repeats=args.repeats, seed=args.seed, device=args.device, out=args.out, workers=args.workers,
                     params_source=getattr(args, "params_source", None), data=data, train=train)

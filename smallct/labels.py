@@ -215,5 +215,69 @@ def load_dataset(folder: str | Path, labels: str | Path | None = None, id_col: s
                      "or put each class in a sub-folder")
 
 
-# Readers of prepared folders, by the file that marks them (filled by smallct.prepare).
-MANIFEST_READERS: dict = {}
+def read_manifest(folder: str | Path) -> Dataset:
+    """Read a folder prepared by ``python -m smallct.prepare`` (``manifest.csv`` + ``prepare.json``).
+
+    ``manifest.csv`` with the six RSNA label columns (``prepare rsna``) gives a multi-label Dataset:
+    labels (N, 6) 0/1 in :data:`smallct.rsna.LABELS` order, groups = ``patient`` (the image id where
+    a slice has none). With a single ``label`` column (``prepare png``) it gives a binary or
+    multi-class Dataset, classes in the order recorded in ``prepare.json``. ``meta`` is the
+    ``meta`` of ``prepare.json`` (``windows``: preset names or None, ``channels``: a sentence).
+    """
+    import json
+
+    from smallct.rsna import LABELS
+
+    folder = Path(folder)
+    path = folder / "manifest.csv"
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        info = json.loads((folder / "prepare.json").read_text()) if (folder / "prepare.json").is_file() else {}
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ValueError(f"{path}: cannot read the manifest of a prepared folder ({err})") from None
+    multilabel = set(LABELS) <= set(table.columns)
+    needed = ["id", "file", *(LABELS if multilabel else ["label"])]
+    absent = [c for c in needed if c not in table.columns]
+    if absent:
+        raise ValueError(f"{path}: no column {', '.join(absent)} (columns: {', '.join(table.columns)}); expected "
+                         f"id, file and either the six RSNA labels ({', '.join(LABELS)}) or label")
+    if table.empty:
+        raise ValueError(f"{path}: no images")
+    files = [folder / f for f in table["file"]]
+    problems = []
+    missing = [str(f.relative_to(folder)) for f in files if not f.is_file()]
+    if missing:
+        problems.append(f"files listed but absent: {_short(missing)} (run smallct.prepare again to complete it)")
+    dup = table["id"][table["id"].duplicated()].tolist()
+    if dup:
+        problems.append(f"duplicated ids: {_short(dup)}")
+    groups = None
+    if multilabel:
+        cells = table[list(LABELS)]
+        rows, cols = np.nonzero(~cells.isin(["0", "1"]).to_numpy())
+        bad = [f"{table['id'].iat[i]} {LABELS[j]}={cells.iat[i, j]!r}" for i, j in zip(rows, cols)]
+        if bad:
+            problems.append(f"labels other than 0/1: {_short(bad)}")
+        names = list(LABELS)
+        if "patient" in table.columns:
+            groups = np.where(table["patient"] != "", table["patient"], table["id"]).astype(str)
+    else:
+        names = [str(c) for c in info["class_names"]] if "class_names" in info else None
+        names, label_problems = _class_names(table["label"], str(path), names)
+        problems += label_problems
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
+    if multilabel:
+        labels = table[list(LABELS)].to_numpy(dtype=np.int64)
+        task = "multilabel"
+    else:
+        labels = np.array([names.index(v) for v in table["label"]], dtype=np.int64)
+        task = "binary" if len(names) == 2 else "multiclass"
+    kind = info.get("kind", "?")
+    return Dataset(ids=table["id"].tolist(), files=files, labels=labels, class_names=names, task=task,
+                   groups=groups, source=f"{folder} (prepared by smallct.prepare {kind})",
+                   meta=dict(info.get("meta", {})))
+
+
+# Readers of prepared folders, by the file that marks them.
+MANIFEST_READERS: dict = {"manifest.csv": read_manifest}

@@ -96,10 +96,12 @@ def bootstrap_ci(y: np.ndarray, P: np.ndarray, metric: Callable[[np.ndarray, np.
 
 
 def summarize_folds(per_fold: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Mean and standard deviation (ddof=1) over folds of each metric."""
+    """Mean and standard deviation (ddof=1) over folds of each metric, over the folds where it is defined."""
     keys = [k for k in per_fold[0] if isinstance(per_fold[0][k], (int, float))]
     out = {}
     for k in keys:
         v = np.array([f[k] for f in per_fold], dtype=float)
-        out[k] = {"mean": float(np.nanmean(v)), "std": float(np.nanstd(v, ddof=1)) if len(v) > 1 else 0.0}
+        v = v[np.isfinite(v)]  # a figure undefined in a fold (AUC of a one-class fold) is left out
+        out[k] = {"mean": float(v.mean()) if len(v) else float("nan"),
+                  "std": float(v.std(ddof=1)) if len(v) > 1 else float("nan" if not len(v) else 0.0)}
     return out

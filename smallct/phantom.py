@@ -27,11 +27,13 @@ def _ellipse(yy, xx, cy, cx, ry, rx, angle=0.0):
 
 
 def head_phantom_hu(size: int = 256, lesion: bool = False, rng: np.random.Generator | None = None,
-                    lesion_scale: float = 1.0) -> np.ndarray:
+                    lesion_scale: float = 1.0, return_mask: bool = False):
     """One axial head slice in HU, float32 (size, size).
 
     Head size, shape, position and rotation, ventricles and noise vary with ``rng``; with
     ``lesion`` a hyperdense ellipse (55-85 HU) of radius about 5-11% of the head sits in the brain.
+    With ``return_mask`` it returns ``(hu, mask)``, ``mask`` bool (size, size) True on the lesion
+    (all False without one); the slice itself is the same either way.
     """
     rng = rng if rng is not None else np.random.default_rng(0)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -65,6 +67,8 @@ def head_phantom_hu(size: int = 256, lesion: bool = False, rng: np.random.Genera
                 break
         hu[blob] = rng.uniform(55, 85)
     hu += rng.normal(0, 3.0, hu.shape).astype(np.float32)
+    if return_mask:
+        return hu, (blob if lesion else np.zeros((size, size), bool))
     return hu
 
 

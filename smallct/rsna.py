@@ -154,11 +154,10 @@ def weighted_log_loss(y_true, y_prob) -> float:
 
 def per_label_auc(y_true, y_prob, labels: Sequence[str] = LABELS) -> dict[str, float]:
     """ROC AUC of each label column: ``{label: auc}``, NaN where the column holds one class only."""
-    from sklearn.metrics import roc_auc_score
+    from smallct.metrics import roc_auc  # equal to sklearn's roc_auc_score, fast enough for a bootstrap
 
     y, p = _check(y_true, y_prob, len(labels))
-    return {name: float(roc_auc_score(y[:, j], p[:, j])) if len(np.unique(y[:, j])) == 2 else float("nan")
-            for j, name in enumerate(labels)}
+    return {name: roc_auc(y[:, j], p[:, j]) for j, name in enumerate(labels)}
 
 
 def f1_at_half(y_true, y_prob, labels: Sequence[str] = LABELS) -> dict[str, float]:
@@ -172,3 +171,33 @@ def f1_at_half(y_true, y_prob, labels: Sequence[str] = LABELS) -> dict[str, floa
     wrong = (truth != pred).sum(axis=0)  # false positives + false negatives
     return {name: float(2 * tp[j] / (2 * tp[j] + wrong[j])) if 2 * tp[j] + wrong[j] else float("nan")
             for j, name in enumerate(labels)}
+
+
+def multilabel_metrics(y_true, y_prob) -> dict[str, float]:
+    """The figures of a multi-label cross-validation fold (or of pooled out-of-fold predictions).
+
+    Parameters
+    ----------
+    y_true, y_prob
+        Arrays (N, 6), columns in :data:`LABELS` order: 0/1 labels and predicted probabilities.
+
+    Returns
+    -------
+    dict
+        A flat dict of floats: ``weighted_log_loss`` (the competition metric), ``mean_auc`` (mean of
+        the defined per-label AUCs; NaN when none is), ``accuracy`` (mean over labels of the accuracy
+        at p >= 0.5), then ``auc_<label>`` and ``f1_<label>`` (at p >= 0.5) per label, NaN where
+        undefined (see :func:`per_label_auc`, :func:`f1_at_half`).
+    """
+    y, p = _check(y_true, y_prob)
+    auc = per_label_auc(y, p)
+    f1 = f1_at_half(y, p)
+    defined = [v for v in auc.values() if not np.isnan(v)]
+    out = {
+        "weighted_log_loss": weighted_log_loss(y, p),
+        "mean_auc": float(np.mean(defined)) if defined else float("nan"),
+        "accuracy": float(np.mean((p >= 0.5) == (y >= 0.5))),
+    }
+    out.update({f"auc_{name}": v for name, v in auc.items()})
+    out.update({f"f1_{name}": v for name, v in f1.items()})
+    return out

@@ -2,7 +2,8 @@
 
 A thin layer over scikit-learn's splitters: ``StratifiedKFold``, or ``StratifiedGroupKFold``
 when images carry a patient id (no patient in two folds). Multi-label targets are stratified
-on their most informative single column (``any`` for RSNA: the first column) as far as groups allow.
+on their label combinations, rare ones merged by the first column (``any`` for RSNA), as far as
+groups allow (see :func:`_strata`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,24 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 
-def _strata(labels: np.ndarray) -> np.ndarray:
+def _strata(labels: np.ndarray, folds: int = 5) -> np.ndarray:
+    """One stratum per image. Multi-label (N, L): the label combination where it occurs at least
+    ``folds`` times; a rarer combination joins the most frequent combination with the same first
+    column (``any`` for RSNA), or, when no such combination is frequent enough, the bucket of that
+    first-column value. Every stratum thus lies within one value of the first column: ``any`` stays
+    stratified, and the subtypes are balanced too as far as their counts allow."""
     labels = np.asarray(labels)
     if labels.ndim == 1:
         return labels
-    # multi-label: stratify on the label combination when every combination can fill the folds,
-    # else on the first column (``any``)
-    return labels[:, 0]
+    combo = (labels.astype(np.int64) != 0) @ (np.int64(1) << np.arange(labels.shape[1], dtype=np.int64))
+    strata = combo.copy()
+    for first in np.unique(labels[:, 0]):
+        rows = labels[:, 0] == first
+        values, counts = np.unique(combo[rows], return_counts=True)
+        common = values[counts >= folds]
+        target = values[np.argmax(counts)] if len(common) else -1 - int(first != 0)
+        strata[rows & ~np.isin(combo, common)] = target
+    return strata
 
 
 def fold_assignment(labels: np.ndarray, folds: int = 5, repeats: int = 1, seed: int = 0,
@@ -26,7 +38,7 @@ def fold_assignment(labels: np.ndarray, folds: int = 5, repeats: int = 1, seed: 
 
     Repeat ``r`` shuffles with ``seed + r``, so the same seed always gives the same folds.
     """
-    strata = _strata(labels)
+    strata = _strata(labels, folds)
     n = len(strata)
     _, counts = np.unique(strata, return_counts=True)
     if folds < 2:

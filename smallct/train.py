@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from smallct.augment import augment, normalize
 from smallct.config import TrainConfig
+from smallct.metrics import classification_metrics
 from smallct.models import parameter_groups, set_backbone_trainable
 
 
@@ -115,8 +116,12 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, me
     """
     device = device or torch.device("cpu")
     model.to(device)
+    forward = model
+    model.to(memory_format=torch.channels_last)  # NHWC: faster on CUDA, and on CPU too (Lite0 about 1.4x)
     if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
+        if cfg.compile:
+            forward = torch.compile(model)  # shares the parameters; ``model`` (and its state_dict) stay plain
     x, y = x.to(device), y.to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
     n = len(x)
@@ -134,29 +139,32 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, me
         set_backbone_trainable(model, epoch >= cfg.freeze_epochs)
         model.train()
         order = torch.randperm(n, generator=generator, device=device)
-        total_loss, correct, seen = 0.0, 0.0, 0
+        # sums stay on the device: no host-device synchronisation inside the epoch
+        total_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen = 0
         for b in range(steps_per_epoch):
             idx = order[b * bs:(b + 1) * bs] if b < steps_per_epoch - 1 else order[b * bs:]
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * lr_factor(cfg, step, total, steps_per_epoch)
             xb = augment(x[idx].float(), cfg.augment, generator)
             xb = normalize(xb, mean, std)
-            if device.type == "cuda":
-                xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = xb.contiguous(memory_format=torch.channels_last)
             yb = y[idx]
             with _autocast(device, cfg.amp):
-                logits = model(xb)
+                logits = forward(xb)
                 loss = loss_fn(logits.float(), yb.float() if task == "multilabel" else yb)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}: lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            total_loss += loss.item() * len(idx)
-            correct += _n_correct(logits.detach(), yb, task)
+            total_loss += loss.detach() * len(idx)
+            correct += _correct(logits.detach(), yb, task)
             seen += len(idx)
-        record = {"epoch": epoch + 1, "train_loss": total_loss / seen, "train_acc": correct / seen,
+        total_loss = total_loss.item()  # a NaN or inf in any step carries into the sum
+        if not math.isfinite(total_loss):
+            raise FloatingPointError(f"loss is {total_loss / seen} at epoch {epoch + 1}: lower the learning rate")
+        record = {"epoch": epoch + 1, "train_loss": total_loss / seen, "train_acc": correct.item() / seen,
                   "lr": optimizer.param_groups[-1]["lr"]}
         if val is not None:
             record.update(_evaluate(model, val[0], val[1], mean, std, task, loss_fn, device, cfg.amp))
@@ -168,10 +176,15 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, me
     return history
 
 
-def _n_correct(logits: torch.Tensor, y: torch.Tensor, task: str) -> float:
+def _correct(logits: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    """Correct predictions in a batch, as a 0-d tensor on the logits' device (fraction of labels for multi-label)."""
     if task == "multilabel":
-        return ((logits > 0).float() == y.float()).float().mean(dim=1).sum().item()
-    return (logits.argmax(1) == y).sum().item()
+        return ((logits > 0).float() == y.float()).float().mean(dim=1).sum()
+    return (logits.argmax(1) == y).sum().float()
+
+
+def _n_correct(logits: torch.Tensor, y: torch.Tensor, task: str) -> float:
+    return _correct(logits, y, task).item()
 
 
 @torch.no_grad()
@@ -184,7 +197,11 @@ def _evaluate(model, x, y, mean, std, task, loss_fn, device, amp) -> dict:
     logits = torch.cat(logits)
     y = y.to(device)
     loss = loss_fn(logits, y.float() if task == "multilabel" else y).item()
-    return {"val_loss": loss, "val_acc": _n_correct(logits, y, task) / len(y)}
+    out = {"val_loss": loss, "val_acc": _n_correct(logits, y, task) / len(y)}
+    if task != "multilabel":  # ROC AUC per epoch: the figure a tuner's pruner follows (smallct.tune)
+        probs = torch.softmax(logits, dim=1).cpu().numpy()
+        out["val_auc"] = classification_metrics(y.cpu().numpy(), probs)["roc_auc"]
+    return out
 
 
 def time_training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, mean, std,
@@ -194,9 +211,9 @@ def time_training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: 
     The model's weights are restored afterwards, so the estimate does not change the run.
     """
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.to(device).train()
+    model.to(device, memory_format=torch.channels_last).train()  # as in fit
     bs = min(cfg.batch_size, len(x))
-    xb = normalize(x[:bs].to(device), mean, std)
+    xb = normalize(x[:bs].to(device), mean, std).contiguous(memory_format=torch.channels_last)
     yb = y[:bs].to(device)
     loss_fn = _loss_fn(task, 0.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)

@@ -44,6 +44,29 @@ def phantom_dir(tmp_path_factory) -> Path:
     return write_phantom_png_set(tmp_path_factory.mktemp("phantom"), n=40, seed=0)
 
 
+@pytest.fixture(scope="session")
+def small_run(phantom_dir, tmp_path_factory) -> Path:
+    """A finished smallct.cv run folder on ``phantom_dir``: resnet18 from random init, 32 px, 2 folds,
+    1 epoch, no TTA (applied by the tests of predict, explain and export)."""
+    import torch
+
+    from smallct.config import CVConfig, DataConfig, TrainConfig
+    from smallct.cv import run_cv
+
+    out = tmp_path_factory.mktemp("small-run") / "run"
+    cfg = CVConfig(arch="resnet18", weights="none", folds=2, seed=0, device="cpu", out=out, workers=1,
+                   data=DataConfig(data=phantom_dir, img_size=32), train=TrainConfig(epochs=1, batch_size=8, tta=False))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared, oversubscribed CPU two OpenMP threads spin and run 10-20x slower
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("SMALLCT_CACHE", str(tmp_path_factory.getbasetemp() / "smallct-cache"))
+            run_cv(cfg, progress=False, log=lambda *a: None)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     """Every test session decodes into its own cache folder, never the user's."""

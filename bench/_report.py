@@ -1,0 +1,108 @@
+"""What every benchmark shares: the device, a description of the machine, a table, the JSON file.
+
+Each script in ``bench/`` prints a table and writes ``bench/results/<name>-<device>.json`` (``cpu`` or
+``cuda``), with the command line that produced it and the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+HEAD_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "head_ct"
+
+
+def default_data() -> Path:
+    """The real Head CT set: ``$SMALLCT_HEAD_CT``, else ``../shared/data/head_ct`` beside the repository."""
+    return Path(os.environ.get("SMALLCT_HEAD_CT") or HEAD_CT)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when there is one, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def machine(device: torch.device) -> dict:
+    """Facts about where the numbers come from."""
+    import torchvision
+
+    import smallct
+
+    info = {"device": device.type, "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or "?",
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "smallct": smallct.__version__,
+            "python": platform.python_version(), "load_avg": os.getloadavg()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
+        info["bf16"] = torch.cuda.is_bf16_supported()
+    return info
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device | None = None) -> float:
+    """Wall seconds of ``fn()``, with the GPU's queue drained before and after."""
+    if device is not None:
+        sync(device)
+    start = time.perf_counter()
+    fn()
+    if device is not None:
+        sync(device)
+    return time.perf_counter() - start
+
+
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process (all threads) and its finished child processes.
+
+    Less sensitive than wall time to other jobs on a shared machine: DataLoader workers are counted
+    once they exit (at the end of each epoch without ``persistent_workers``).
+    """
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def median(values) -> float:
+    return float(statistics.median(values))
+
+
+def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """A plain-text table: ``columns`` are (key, header, format) such as ("rate", "img/s", "{:.1f}")."""
+    cells = [[h for _, h, _ in columns]]
+    for row in rows:
+        cells.append(["" if row.get(k) is None else (fmt.format(row[k]) if fmt else str(row[k]))
+                      for k, _, fmt in columns])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write(name: str, device: torch.device, payload: dict, out: Path | None = None, info: dict | None = None) -> Path:
+    """Write ``<out>/<name>-<device>.json`` with the command line and ``info`` (default :func:`machine`)."""
+    folder = Path(out) if out is not None else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{device.type}.json"
+    record = {"benchmark": name, "command": " ".join(["python", *sys.argv]),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": info or machine(device), **payload}
+    path.write_text(json.dumps(record, indent=1, default=float) + "\n")
+    return path
