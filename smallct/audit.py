@@ -7,8 +7,9 @@ normal images are RGBA, so a random forest on width, height, aspect ratio and mo
 70% cross-validated accuracy. A network can learn that instead of the blood.
 
 The audit fits a random forest (fixed settings, seeded) on three nested feature sets under the
-same cross-validation as :mod:`smallct.cv` (:func:`smallct.splits.fold_assignment` with the same
-``--folds``, ``--repeats`` and ``--seed``), and reports the pooled out-of-fold accuracy and AUC
+same cross-validation as :mod:`smallct.cv` (the same ``--folds``, ``--repeats``, ``--seed`` and
+near-duplicate grouping ``--group-similar`` at the same ``--img-size``; or exactly the folds of a run
+folder, ``--run``), and reports the pooled out-of-fold accuracy and AUC
 with a percentile bootstrap interval over images, against chance (the majority-class rate):
 
 ``size``       width, height, aspect ratio, PIL mode: the shortcut to look for first
@@ -30,6 +31,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from smallct.cache import load_images
 from smallct.ingest import describe_image, to_rgb_uint8
 from smallct.labels import Dataset, load_dataset
 from smallct.metrics import bootstrap_ci, classification_metrics
@@ -108,18 +110,48 @@ def by_class(features: pd.DataFrame, dataset: Dataset) -> dict:
     return out
 
 
+def audit_folds(dataset: Dataset, folds: int = 5, repeats: int = 1, seed: int = 0,
+                group_similar: float | None = 0.92, img_size: int = 224, progress: bool = True) -> np.ndarray:
+    """The fold assignment (repeats, N) smallct.cv makes with these settings (default crop and pad).
+
+    Near-duplicate grouping compares thumbnails of the images decoded at ``img_size`` px, as cv does
+    at its input size; pass cv's ``--img-size`` (or use the run's own folds) to get exactly its folds.
+    """
+    groups = dataset.groups
+    if group_similar:
+        from smallct.cv import _fold_groups  # here, not at the top: smallct.cv imports this module
+
+        images = load_images(dataset.files, img_size, "pad", True, progress=progress)
+        groups, _ = _fold_groups(dataset, images, group_similar, log=lambda *args: None)
+    return fold_assignment(dataset.labels, folds, repeats, seed, groups)
+
+
+def run_folds(run: str | Path, dataset: Dataset) -> np.ndarray:
+    """The fold assignment (repeats, N) recorded in a smallct.cv run folder, checked against ``dataset``."""
+    path = Path(run) / "run.json"
+    if not path.is_file():
+        raise ValueError(f"{run}: not a smallct.cv run folder (no run.json)")
+    record = json.loads(path.read_text())["folds"]
+    if [str(i) for i in record["ids"]] != [str(i) for i in dataset.ids]:
+        raise ValueError(f"{run}: the run was made on other images than --data")
+    return np.asarray(record["assignment"], dtype=np.int64)
+
+
 def audit(dataset: Dataset, folds: int = 5, repeats: int = 1, seed: int = 0, n_boot: int = 1000,
-          progress: bool = True) -> dict:
+          progress: bool = True, group_similar: float | None = 0.92, img_size: int = 224,
+          assignment: np.ndarray | None = None) -> dict:
     """Cross-validated accuracy of predicting the label from metadata alone, per feature set.
 
     Parameters
     ----------
     dataset
         A binary or multi-class :class:`~smallct.labels.Dataset` of image files.
-    folds, repeats, seed
-        The cross-validation of :mod:`smallct.cv` (same values give the same folds).
+    folds, repeats, seed, group_similar, img_size
+        The cross-validation of :mod:`smallct.cv` (same values give the same folds, see :func:`audit_folds`).
     n_boot
         Bootstrap resamples of images for the 95% intervals.
+    assignment
+        A fold assignment (repeats, N) to use instead, e.g. :func:`run_folds` of a cv run.
 
     Returns
     -------
@@ -132,7 +164,13 @@ def audit(dataset: Dataset, folds: int = 5, repeats: int = 1, seed: int = 0, n_b
         raise ValueError(f"{dataset.source}: a multi-label set; smallct.audit audits binary and multi-class labels")
     y = np.asarray(dataset.labels)
     n_classes = len(dataset.class_names)
-    assignment = fold_assignment(y, folds, repeats, seed, dataset.groups)
+    if assignment is None:
+        assignment = audit_folds(dataset, folds, repeats, seed, group_similar, img_size, progress)
+        folds_from = (f"smallct.cv's folds for --folds {folds} --repeats {repeats} --seed {seed} --group-similar "
+                      f"{group_similar or 0} --img-size {img_size}")
+    else:
+        folds_from = "the given fold assignment"
+    repeats, folds = len(assignment), int(assignment.max()) + 1
     features = metadata_features(dataset.files, progress)
     chance = float(np.bincount(y, minlength=n_classes).max() / len(y))
     everything = np.arange(len(y))
@@ -145,7 +183,7 @@ def audit(dataset: Dataset, folds: int = 5, repeats: int = 1, seed: int = 0, n_b
                       "ci95": {k: list(v) for k, v in ci.items()},
                       "above_chance": bool(ci["accuracy"][0] > chance)}
     result = {"data": dataset.source, "n_images": len(y), "class_names": dataset.class_names,
-              "folds": folds, "repeats": repeats, "seed": seed, "chance": chance,
+              "folds": folds, "repeats": repeats, "seed": seed, "folds_from": folds_from, "chance": chance,
               "model": "random forest (200 trees, min_samples_leaf 2, seeded), one fit per fold",
               "ci_method": f"percentile bootstrap over images ({n_boot} resamples) of pooled out-of-fold predictions",
               "feature_sets": sets, "by_class": by_class(features, dataset)}
@@ -221,7 +259,8 @@ def format_report(result: dict) -> str:
              f"{result['folds']} folds x {result['repeats']} repeats, chance {result['chance']:.2f})"]
     for name, s in result["feature_sets"].items():
         lo, hi = s["ci95"]["accuracy"]
-        lines.append(f"{name:<10} {s['accuracy']:>9.3f} {lo:>6.3f}-{hi:<6.3f} {s['roc_auc']:>6.3f}   {s['description']}")
+        lines.append(f"{name:<10} {s['accuracy']:>9.3f} {lo:>6.3f}-{hi:<6.3f} {s['roc_auc']:>6.3f}   "
+                     f"{s['description']}")
     for c, s in result["by_class"].items():
         modes = ", ".join(f"{m} {v}" for m, v in s["modes"].items())
         lines.append(f"class {c}: {s['n']} images, median {s['median_width']:.0f} x {s['median_height']:.0f} px, "
@@ -263,13 +302,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m smallct.audit",
         description="Shortcut audit: how well image metadata alone (size, aspect ratio, mode, file size, intensity "
                     "statistics) predicts the label, under the same cross-validation as smallct.cv.")
-    p.add_argument("--data", type=Path, required=True, help="image folder (with labels.csv, or one sub-folder per class)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="image folder (with labels.csv, or one sub-folder per class)")
     p.add_argument("--labels", type=Path, help="labels CSV (default DATA/labels.csv)")
     p.add_argument("--id-col", help="id column of the labels CSV (default: 'id' or the first column)")
     p.add_argument("--label-col", help="label column of the labels CSV (default: the other column)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (as smallct.cv, default 5)")
     p.add_argument("--repeats", type=int, default=1, help="repeats of the cross-validation (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment and the forests (default 0)")
+    p.add_argument("--group-similar", type=float, default=0.92, metavar="CORR",
+                   help="keep near-duplicate images in one fold, as smallct.cv does (default 0.92; 0 turns it off)")
+    p.add_argument("--img-size", type=int, default=224,
+                   help="image size at which near-duplicates are found; use smallct.cv's --img-size (default 224)")
+    p.add_argument("--run", type=Path, help="take the folds of this smallct.cv run folder instead (exactly its folds)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals (default 1000)")
     p.add_argument("--out", type=Path, default=Path("runs/audit"), help="output folder (default runs/audit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -280,7 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         dataset = load_dataset(args.data, args.labels, args.id_col, args.label_col)
-        result = audit(dataset, args.folds, args.repeats, args.seed, args.n_boot, progress=not args.no_progress)
+        assignment = run_folds(args.run, dataset) if args.run else None
+        result = audit(dataset, args.folds, args.repeats, args.seed, args.n_boot, progress=not args.no_progress,
+                       group_similar=args.group_similar or None, img_size=args.img_size, assignment=assignment)
+        if args.run:
+            result["folds_from"] = f"run.json of {args.run}"
     except (ValueError, FileNotFoundError) as err:
         print(f"smallct.audit: error: {err}", file=sys.stderr)
         return 2

@@ -157,11 +157,12 @@ def _fmt_duration(seconds: float) -> str:
 
 
 def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True, log=print,
-           on_epoch=None) -> CVResult:
+           on_epoch=None, estimate: bool = True) -> CVResult:
     """Run (or resume) a cross-validation and write the run folder ``cfg.out``.
 
     ``on_epoch(repeat, fold, record)`` is called after every epoch (a tuner reports to its pruner
-    there). Returns a :class:`CVResult`.
+    there). ``estimate=False`` skips the timed steps of the duration estimate (a tuner's trials).
+    Returns a :class:`CVResult`.
     """
     source = resolve_weights(cfg.arch, cfg.weights)  # before any work: no weights, no run
     dataset = dataset if dataset is not None else load_data(cfg, log)
@@ -193,7 +194,7 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
     if note:  # one pointer line; the audit itself is smallct.audit
         log(note)
 
-    if todo:
+    if todo and estimate:
         model = create_model(cfg.arch, len(dataset.class_names), source)
         n_test = len(dataset) / cfg.folds
         seconds, rate = estimate_seconds(model, images, dataset.labels, cfg, source, dataset.task, device,

@@ -10,8 +10,10 @@ file and its modification time), the input size and the pooling, so it is comput
 Pooling (``pool``):
 
 ``avg``   the model's own penultimate features (global average pooling), what its head sees.
-``avgmax`` average- and max-pooled last feature map, concatenated (2 x D): a small bright lesion
-          changes the max of a channel more than its mean.
+``max``   the last feature map max-pooled (D): a small bright lesion changes the maximum of a channel
+          more than its mean (on Head CT, Lite0: 90% against 87-88% for ``avg`` with a linear probe on
+          160 images per fold).
+``avgmax`` average- and max-pooled last feature map, concatenated (2 x D).
 ``multiscale`` average- and max-pooled feature maps of every stage (timm models), concatenated.
 
 ``flip=True`` averages the embedding of each image and of its left-right mirror (test-time
@@ -34,7 +36,7 @@ from smallct.cache import cache_dir, cache_key, load_images
 from smallct.models import create_model, embed
 from smallct.weights import WeightSource, resolve_weights
 
-POOLINGS = ("avg", "avgmax", "multiscale")
+POOLINGS = ("avg", "max", "avgmax", "multiscale")
 EMBEDDING_VERSION = 1  # bump when what a cached embedding holds changes
 
 
@@ -49,6 +51,8 @@ def _pooled(model: nn.Module, x: torch.Tensor, pool: str) -> torch.Tensor:
         maps = [*stages, final]
     else:
         maps = [_last_feature_map(model, x)]
+        if pool == "max":
+            return maps[0].amax((2, 3))
         if pool == "multiscale":
             raise ValueError(f"pooling multiscale needs a timm model with forward_intermediates, "
                              f"not {type(model).__name__}; use avg or avgmax")
@@ -118,7 +122,7 @@ def load_embeddings(files: list[Path], arch: str, weights: str = "imagenet", img
     arch, weights : as for :func:`smallct.weights.resolve_weights` (``imagenet``, ``none``, PATH).
     img_size : input size in px; default the weights' own input size.
     resize, crop : preprocessing, as for :func:`smallct.cache.load_images`.
-    pool : ``avg``, ``avgmax`` or ``multiscale`` (see the module docstring).
+    pool : ``avg``, ``max``, ``avgmax`` or ``multiscale`` (see the module docstring).
     flip : average with the embedding of the left-right mirror.
     seed : seeds the random initialisation when ``weights`` is ``none``.
     cache : a folder, ``None`` for :func:`smallct.cache.cache_dir`, ``False`` for no disk cache.

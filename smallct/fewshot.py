@@ -50,7 +50,8 @@ from smallct.labels import Dataset
 from smallct.metrics import classification_metrics
 
 METRICS = ("accuracy", "balanced_accuracy", "roc_auc")
-NORMALIZATIONS = ("none", "l2", "center-l2")
+NORMALIZATIONS = ("none", "l2", "center-l2", "standardize")
+TRANSDUCTIVE = {"labelprop"}  # methods that also use the (unlabelled) query embeddings
 
 # Fine-tuning on a handful of images: few epochs, Adam-style steps (a batch is the whole support set).
 FINETUNE_DEFAULTS = TrainConfig(epochs=10, batch_size=32, optimizer="adamw", lr=1e-3, weight_decay=0.05,
@@ -130,10 +131,13 @@ def normalize_embeddings(z: np.ndarray, how: str) -> np.ndarray:
     """Embeddings (N, D) transformed for the embedding methods.
 
     ``none``; ``l2``: each row to unit length; ``center-l2``: subtract the mean of all rows (every image of
-    the set, no label used), then unit length.
+    the set, no label used), then unit length; ``standardize``: each feature to mean 0 and standard deviation
+    1 over all rows (no label used).
     """
     if how == "none":
         return z
+    if how == "standardize":
+        return (z - z.mean(0)) / (z.std(0) + 1e-6)
     if how == "l2":
         return _l2(z)
     if how == "center-l2":
@@ -181,6 +185,36 @@ def nearest_neighbours(zs: np.ndarray, ys: np.ndarray, zq: np.ndarray, n_classes
     tie_break = np.stack([np.where(ys[nearest] == c, np.take_along_axis(sim, nearest, 1), 0).sum(1)
                           for c in range(n_classes)], 1)
     return P + 1e-6 * tie_break / k
+
+
+@register("labelprop")
+def label_propagation(zs: np.ndarray, ys: np.ndarray, zq: np.ndarray, n_classes: int, neighbours: int = 10,
+                      alpha: float = 0.9, **_) -> np.ndarray:
+    """Class probabilities (Nq, C) by label propagation over a k-nearest-neighbour graph of support and query.
+
+    Transductive: the unlabelled query embeddings shape the graph (Zhou et al. 2004, "Learning with local
+    and global consistency"; as in transductive few-shot learning). Edges join each image to its
+    ``neighbours`` most cosine-similar images, weighted by similarity cubed; ``F = (I - alpha S)^-1 Y`` with the
+    symmetrically normalised graph ``S``; each class column is divided by its sum so that no class wins by
+    the size of its support set.
+    """
+    z = _l2(np.concatenate([zs, zq]))
+    n = len(z)
+    sim = z @ z.T
+    np.fill_diagonal(sim, -np.inf)
+    k = min(neighbours, n - 1)
+    nearest = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    rows = np.repeat(np.arange(n), k)
+    W = np.zeros((n, n))
+    W[rows, nearest.ravel()] = np.maximum(sim[rows, nearest.ravel()], 0) ** 3
+    W = W + W.T
+    d = 1 / np.sqrt(np.where(W.sum(1) > 0, W.sum(1), 1))
+    Y = np.zeros((n, n_classes))
+    Y[np.arange(len(ys)), ys] = 1
+    F = np.linalg.solve(np.eye(n) - alpha * d[:, None] * W * d[None], Y)
+    F = F[len(ys):] / F.sum(0, keepdims=True).clip(1e-12)
+    F = F.clip(0)
+    return np.where(F.sum(1, keepdims=True) > 0, F / F.sum(1, keepdims=True).clip(1e-12), 1 / n_classes)
 
 
 # --- fine-tuning ----------------------------------------------------------------------------------------

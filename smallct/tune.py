@@ -498,7 +498,7 @@ def make_objective(cfg: TuneConfig, dataset: Dataset, space: dict, metric: str):
         start = time.perf_counter()
         try:
             result = cv.run_cv(run_cfg, dataset=dataset, progress=False, log=lambda *a, **k: None,
-                               on_epoch=reporter)
+                               on_epoch=reporter, estimate=False)
         except FAILURES as err:
             trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
             raise
@@ -553,7 +553,7 @@ def run_study(cfg: TuneConfig, dataset: Dataset | None = None, progress: bool = 
             bar.update()
             last = trial.value if trial.value is not None else float("nan")
             if trial.state == TrialState.PRUNED:
-                value = f"at {trial.user_attrs.get('pruned_at')}, running {metric} {last:.4f}"
+                value = f"at {trial.user_attrs.get('pruned_at')}, running {METRICS[metric][1]} {last:.4f}"
             elif trial.state == TrialState.COMPLETE:
                 value = f"{metric} {trial.value:.4f}"
             else:

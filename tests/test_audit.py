@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from smallct.audit import audit, main, size_note
@@ -26,7 +27,7 @@ def write_set(folder, n, size_of_label, seed):
 def test_size_shortcut_is_found(tmp_path, capsys):
     data = write_set(tmp_path / "shortcut", 40, lambda y, rng: (48 + 24 * y, int(rng.integers(40, 60))), seed=0)
     out = tmp_path / "out"
-    assert main(["--data", str(data), "--out", str(out), "--n-boot", "200", "--no-progress"]) == 0
+    assert main(["--data", str(data), "--out", str(out), "--n-boot", "200", "--img-size", "32", "--no-progress"]) == 0
     result = json.loads((out / "audit.json").read_text())
     size = result["feature_sets"]["size"]
     assert size["accuracy"] >= 0.95 and size["above_chance"]
@@ -40,7 +41,7 @@ def test_size_shortcut_is_found(tmp_path, capsys):
 def test_no_shortcut_no_warning(tmp_path):
     data = write_set(tmp_path / "fair", 40, lambda y, rng: (int(rng.integers(40, 80)), int(rng.integers(40, 80))),
                      seed=1)
-    result = audit(load_dataset(data), n_boot=200, progress=False)
+    result = audit(load_dataset(data), n_boot=200, progress=False, img_size=32)
     for s in result["feature_sets"].values():
         assert s["ci95"]["accuracy"][0] <= 0.5 and not s["above_chance"]
     assert result["warning"] is None
@@ -61,3 +62,20 @@ def test_bad_folder_is_one_line_error(tmp_path, capsys):
     assert main(["--data", str(tmp_path / "missing"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("smallct.audit: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_folds_of_a_run_are_used(tmp_path):
+    from smallct.audit import run_folds
+
+    data = write_set(tmp_path / "d", 20, lambda y, rng: (40 + 8 * y, 40), seed=2)
+    dataset = load_dataset(data)
+    assignment = np.tile(np.arange(4), 5)[None]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"folds": {"ids": dataset.ids,
+                                                                     "assignment": assignment.tolist()}}))
+    assert np.array_equal(run_folds(tmp_path / "run", dataset), assignment)
+    result = audit(dataset, n_boot=100, progress=False, assignment=run_folds(tmp_path / "run", dataset))
+    assert result["folds"] == 4 and result["folds_from"] == "the given fold assignment"
+    other = load_dataset(data).subset(np.arange(10))
+    with pytest.raises(ValueError, match="other images"):
+        run_folds(tmp_path / "run", other)

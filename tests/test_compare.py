@@ -67,7 +67,8 @@ def test_same_predictions_cannot_be_told_apart(tmp_path, labels):
     assert res["accuracy"]["difference"] == pytest.approx(-0.01)
     lo, hi = res["accuracy"]["ci95"]
     assert lo < 0 <= hi
-    assert res["sentence"].startswith("The data cannot tell b (resnet18, imagenet) (B) and a (resnet18, imagenet) (A) apart")
+    assert res["sentence"].startswith("The data cannot tell b (resnet18, imagenet) (B) and a (resnet18, imagenet) "
+                                      "(A) apart")
 
 
 def test_repeated_cv_adds_nadeau_bengio(tmp_path, labels):

@@ -82,6 +82,8 @@ def test_avgmax_and_multiscale_pooling_shapes():
     np.testing.assert_allclose(z[:, :512], compute_embeddings(model, x, source.mean, source.std, progress=False),
                                rtol=1e-4, atol=1e-5)
     assert (z[:, 512:] >= z[:, :512] - 1e-6).all()  # max pooling >= average pooling
+    np.testing.assert_allclose(compute_embeddings(model, x, source.mean, source.std, pool="max", progress=False),
+                               z[:, 512:], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="multiscale needs a timm model"):
         compute_embeddings(model, x, source.mean, source.std, pool="multiscale", progress=False)
     lite = resolve_weights("tf_efficientnet_lite0", "none")

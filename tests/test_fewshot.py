@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from smallct.fewshot import (EMBEDDING_METHODS, check_shots, episode_rng, linear_probe, main, nearest_neighbours,
-                             nearest_prototype, normalize_embeddings, sample_episode, summarize_episodes)
+from smallct.fewshot import (EMBEDDING_METHODS, check_shots, episode_rng, label_propagation, linear_probe, main,
+                             nearest_neighbours, nearest_prototype, normalize_embeddings, sample_episode,
+                             summarize_episodes)
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +71,7 @@ def _clusters(n_per_class=30, dim=32, shift=3.0, seed=0):
     return z, y
 
 
-@pytest.mark.parametrize("method", ["proto", "linear", "knn"])
+@pytest.mark.parametrize("method", ["proto", "linear", "knn", "labelprop"])
 def test_methods_learn_separable_embeddings_and_not_noise(method):
     z, y = _clusters()
     z = normalize_embeddings(z, "center-l2")
@@ -103,6 +104,19 @@ def test_knn_uses_at_most_the_shots_per_class():
     assert P.argmax(1).tolist() == [0, 1] and P.max() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_label_propagation_follows_the_query_clusters():
+    # two elongated clusters: query images far from the support are reached through their neighbours
+    t = np.linspace(0, 1, 30)[:, None]
+    a = np.hstack([np.cos(t * 1.2), np.sin(t * 1.2), np.zeros_like(t)])
+    b = np.hstack([np.zeros_like(t), np.sin(t * 1.2 + 0.2), np.cos(t * 1.2 + 0.2)])
+    z = np.concatenate([a, b]) + np.random.default_rng(0).normal(scale=0.01, size=(60, 3))
+    y = np.repeat([0, 1], 30)
+    support = np.array([0, 30])
+    query = np.setdiff1d(np.arange(60), support)
+    P = label_propagation(z[support], y[support], z[query], 2, neighbours=4)
+    assert np.allclose(P.sum(1), 1) and (P.argmax(1) == y[query]).mean() > 0.95
+
+
 def test_linear_probe_handles_a_query_set_and_returns_probabilities():
     z, y = _clusters(seed=3)
     P = linear_probe(z[::2], y[::2], z[1::2], 2, C=0.1)
@@ -129,6 +143,8 @@ def test_normalizations():
     assert np.allclose(np.linalg.norm(normalize_embeddings(z, "l2"), axis=1), 1)
     c = normalize_embeddings(z, "center-l2")
     assert np.allclose(c, np.array([[1.0, 2.0], [-1.0, -2.0]]) / np.sqrt(5))  # mean (2, 2) subtracted
+    st = normalize_embeddings(np.array([[1.0, 10.0], [3.0, 30.0], [5.0, 20.0]]), "standardize")
+    assert np.allclose(st.mean(0), 0) and np.allclose(st.std(0), 1, atol=1e-5)
     with pytest.raises(ValueError, match="normalize 'zca'"):
         normalize_embeddings(z, "zca")
 

@@ -52,6 +52,14 @@ def test_strata_refine_any_and_folds_keep_patients_whole():
         assert len(set(y[strata == s, 0])) == 1  # every stratum within one value of any
         assert (strata == s).sum() >= 5
     assert len(np.unique(strata)) == 4  # none, any+sdh (+ the rare ones), any+sah, any+ipa
+    # with patients, a combination counts by the patients that carry it: 4 patients cannot fill 5 folds
+    few = np.repeat(np.arange(60), 4)  # any+sdh on 10 patients, any+sah on 8, any+ipa on 2
+    by_patient = _strata(y, folds=5, groups=few)
+    assert len(np.unique(by_patient)) == 3
+    assert len(set(by_patient[:40])) == 1 and len(set(by_patient[40:70])) == 1
+    assert by_patient[73] == by_patient[0] and by_patient[200] != by_patient[0]
+    one = _strata(y, folds=5, groups=np.zeros(240))  # a single patient: only any is left
+    assert len(set(one[:80])) == 1 and len(set(one[80:])) == 1 and one[0] != one[80]
     groups = rng.permutation(np.repeat(np.arange(60), 4))
     folds = fold_assignment(y, folds=5, repeats=2, seed=0, groups=groups)
     assert folds.shape == (2, 240) and (folds >= 0).all()

@@ -17,6 +17,15 @@ from smallct.weights import resolve_weights
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models: one thread is as fast, and on a busy shared CI machine far steadier (no OpenMP stalls)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _tiny(n: int = 12, size: int = 32, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import torch
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
@@ -35,6 +36,15 @@ def _base(data: Path, out: Path, epochs: int = 1) -> CVConfig:
 def _flags(data: Path, out: Path) -> list[str]:
     return ["--data", str(data), "--img-size", "32", "--weights", "none", "--epochs", "1", "--folds", "2",
             "--workers", "1", "--no-tta", "--out", str(out), "--no-progress"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # one intra-op thread: on a shared, oversubscribed CPU two OpenMP threads spin and run many times slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
