@@ -20,7 +20,6 @@ Writes ``bench/results/ingest-<device>.json`` (the device is where torch would r
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time

@@ -8,7 +8,7 @@ normal images are RGBA, so a random forest on width, height, aspect ratio and mo
 
 The audit fits a random forest (fixed settings, seeded) on three nested feature sets under the
 same cross-validation as :mod:`smallct.cv` (the same ``--folds``, ``--repeats``, ``--seed`` and
-near-duplicate grouping ``--group-similar`` at the same ``--img-size``; or exactly the folds of a run
+near-duplicate grouping ``--group-similar``; or exactly the folds of a run
 folder, ``--run``), and reports the pooled out-of-fold accuracy and AUC
 with a percentile bootstrap interval over images, against chance (the majority-class rate):
 
@@ -31,7 +31,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from smallct.cache import load_images
+from smallct.duplicates import near_duplicate_groups
 from smallct.ingest import describe_image, to_rgb_uint8
 from smallct.labels import Dataset, load_dataset
 from smallct.metrics import bootstrap_ci, classification_metrics
@@ -111,18 +111,9 @@ def by_class(features: pd.DataFrame, dataset: Dataset) -> dict:
 
 
 def audit_folds(dataset: Dataset, folds: int = 5, repeats: int = 1, seed: int = 0,
-                group_similar: float | None = 0.92, img_size: int = 224, progress: bool = True) -> np.ndarray:
-    """The fold assignment (repeats, N) smallct.cv makes with these settings (default crop and pad).
-
-    Near-duplicate grouping compares thumbnails of the images decoded at ``img_size`` px, as cv does
-    at its input size; pass cv's ``--img-size`` (or use the run's own folds) to get exactly its folds.
-    """
-    groups = dataset.groups
-    if group_similar:
-        from smallct.cv import _fold_groups  # here, not at the top: smallct.cv imports this module
-
-        images = load_images(dataset.files, img_size, "pad", True, progress=progress)
-        groups, _ = _fold_groups(dataset, images, group_similar, log=lambda *args: None)
+                group_similar: float | None = 0.92, progress: bool = True) -> np.ndarray:
+    """The fold assignment (repeats, N) smallct.cv makes with these settings (default crop and pad)."""
+    groups, _ = near_duplicate_groups(dataset, group_similar, progress=progress, log=lambda *args: None)
     return fold_assignment(dataset.labels, folds, repeats, seed, groups)
 
 
@@ -138,15 +129,14 @@ def run_folds(run: str | Path, dataset: Dataset) -> np.ndarray:
 
 
 def audit(dataset: Dataset, folds: int = 5, repeats: int = 1, seed: int = 0, n_boot: int = 1000,
-          progress: bool = True, group_similar: float | None = 0.92, img_size: int = 224,
-          assignment: np.ndarray | None = None) -> dict:
+          progress: bool = True, group_similar: float | None = 0.92, assignment: np.ndarray | None = None) -> dict:
     """Cross-validated accuracy of predicting the label from metadata alone, per feature set.
 
     Parameters
     ----------
     dataset
         A binary or multi-class :class:`~smallct.labels.Dataset` of image files.
-    folds, repeats, seed, group_similar, img_size
+    folds, repeats, seed, group_similar
         The cross-validation of :mod:`smallct.cv` (same values give the same folds, see :func:`audit_folds`).
     n_boot
         Bootstrap resamples of images for the 95% intervals.
@@ -165,9 +155,9 @@ def audit(dataset: Dataset, folds: int = 5, repeats: int = 1, seed: int = 0, n_b
     y = np.asarray(dataset.labels)
     n_classes = len(dataset.class_names)
     if assignment is None:
-        assignment = audit_folds(dataset, folds, repeats, seed, group_similar, img_size, progress)
+        assignment = audit_folds(dataset, folds, repeats, seed, group_similar, progress)
         folds_from = (f"smallct.cv's folds for --folds {folds} --repeats {repeats} --seed {seed} --group-similar "
-                      f"{group_similar or 0} --img-size {img_size}")
+                      f"{group_similar or 0}")
     else:
         folds_from = "the given fold assignment"
     repeats, folds = len(assignment), int(assignment.max()) + 1
@@ -312,8 +302,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment and the forests (default 0)")
     p.add_argument("--group-similar", type=float, default=0.92, metavar="CORR",
                    help="keep near-duplicate images in one fold, as smallct.cv does (default 0.92; 0 turns it off)")
-    p.add_argument("--img-size", type=int, default=224,
-                   help="image size at which near-duplicates are found; use smallct.cv's --img-size (default 224)")
     p.add_argument("--run", type=Path, help="take the folds of this smallct.cv run folder instead (exactly its folds)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals (default 1000)")
     p.add_argument("--out", type=Path, default=Path("runs/audit"), help="output folder (default runs/audit)")
@@ -327,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset = load_dataset(args.data, args.labels, args.id_col, args.label_col)
         assignment = run_folds(args.run, dataset) if args.run else None
         result = audit(dataset, args.folds, args.repeats, args.seed, args.n_boot, progress=not args.no_progress,
-                       group_similar=args.group_similar or None, img_size=args.img_size, assignment=assignment)
+                       group_similar=args.group_similar or None, assignment=assignment)
         if args.run:
             result["folds_from"] = f"run.json of {args.run}"
     except (ValueError, FileNotFoundError) as err:

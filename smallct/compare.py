@@ -104,10 +104,14 @@ def check_paired(a: RunPredictions, b: RunPredictions) -> None:
         raise ValueError(f"{where}: the labels differ for {int((a.labels != b.labels).sum())} images")
     if a.assignment.shape != b.assignment.shape or not np.array_equal(a.assignment, b.assignment):
         ca, cb = a.record.get("config", {}), b.record.get("config", {})
-        settings = ", ".join(f"{k} {ca.get(k)} vs {cb.get(k)}" for k in ("folds", "repeats", "seed")
-                             if ca.get(k) != cb.get(k))
-        raise ValueError(f"{where}: different fold assignments ({settings or 'same settings, other data order'}); "
-                         "rerun one of them with the other's --folds, --repeats and --seed")
+        da, db = ca.get("data", {}), cb.get("data", {})
+        # near-duplicates are found on 64 px thumbnails of the cropped/padded images: cropping can change the groups
+        differ = [f"{k} {ca.get(k)} vs {cb.get(k)}" for k in ("folds", "repeats", "seed") if ca.get(k) != cb.get(k)]
+        differ += [f"{k} {da.get(k)} vs {db.get(k)}" for k in ("group_similar", "resize", "crop")
+                   if da.get(k) != db.get(k)]
+        raise ValueError(f"{where}: different fold assignments ({', '.join(differ) or 'same settings'}); rerun one "
+                         "of them with the other's --folds, --repeats, --seed (and --group-similar, --resize, --crop, "
+                         "which decide the near-duplicate groups)")
 
 
 def _figures(y: np.ndarray, P: np.ndarray, correct: np.ndarray, idx: np.ndarray) -> tuple[float, float]:

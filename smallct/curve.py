@@ -97,6 +97,7 @@ def run_curve(cfg: CurveConfig, dataset: Dataset | None = None, progress: bool =
     from smallct.cache import load_images
     from smallct.config import CVConfig
     from smallct.cv import load_data
+    from smallct.duplicates import near_duplicate_groups
     from smallct.splits import fold_assignment
     from smallct.train import resolve_device
     from smallct.weights import resolve_weights
@@ -114,7 +115,9 @@ def run_curve(cfg: CurveConfig, dataset: Dataset | None = None, progress: bool =
     if labels.ndim != 1:
         raise ValueError("learning curves need one class per image (binary or multi-class), not multi-label")
     n_classes = len(dataset.class_names)
-    folds = fold_assignment(labels, cfg.folds, cfg.repeats, cfg.seed, dataset.groups)
+    groups, _ = near_duplicate_groups(dataset, cfg.data.group_similar, cfg.data.resize, cfg.data.crop,
+                                      progress=progress, log=log)  # smallct.cv's folds
+    folds = fold_assignment(labels, cfg.folds, cfg.repeats, cfg.seed, groups)
     check_sizes(cfg.sizes, labels, folds)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
@@ -224,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probe (default: linear probe on frozen embeddings, seconds) and/or finetune (trains one "
                         "network per n, fold, repeat and weights: about 10-30 s per fit of Lite0 at 160 px on a "
                         "2-core CPU, 10-30 min for the default sizes x 5 folds x 2 weights)")
-    m.add_argument("--pool", choices=POOLINGS, default=c.pool, help=f"embedding pooling (default {c.pool})")
+    m.add_argument("--pool", choices=POOLINGS, default=c.pool,
+                   help=f"embedding pooling (default {c.pool}, as smallct.fewshot): avg, max, avgmax, multiscale")
     m.add_argument("--flip", action=argparse.BooleanOptionalAction, default=c.flip,
                    help="average each embedding with its left-right mirror's")
     m.add_argument("--normalize", choices=NORMALIZATIONS, default=c.normalize,
@@ -235,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--folds", type=int, default=c.folds)
     v.add_argument("--repeats", type=int, default=c.repeats, help="repeated CV (other fold draws)")
     v.add_argument("--seed", type=int, default=c.seed)
+    v.add_argument("--group-similar", type=float, default=c.data.group_similar, metavar="CORR",
+                   help="keep near-duplicate images in one fold, as smallct.cv does (default "
+                        f"{c.data.group_similar}; 0 turns it off)")
     f = p.add_argument_group("fine-tuning")
     f.add_argument("--finetune-img-size", type=int, default=c.finetune_img_size,
                    help=f"input size for fine-tuning (default {c.finetune_img_size}; 0: the embedding size)")
@@ -253,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> CurveConfig:
     data = DataConfig(data=args.data, labels=args.labels, id_col=args.id_col, label_col=args.label_col,
-                      img_size=args.img_size, resize=args.resize, crop=args.crop)
+                      img_size=args.img_size, resize=args.resize, crop=args.crop,
+                      group_similar=args.group_similar or None)
     finetune = TrainConfig(**{**to_dict(FINETUNE_DEFAULTS), "epochs": args.epochs, "lr": args.lr,
                               "optimizer": args.optimizer, "schedule": args.schedule,
                               "weight_decay": args.weight_decay, "augment": args.augment})

@@ -33,7 +33,7 @@ from smallct import plots
 from smallct.audit import size_note
 from smallct.cache import cache_dir, load_images
 from smallct.config import CVConfig, DataConfig, TrainConfig, to_dict
-from smallct.duplicates import combine_groups, similar_groups
+from smallct.duplicates import near_duplicate_groups
 from smallct.labels import Dataset, load_dataset
 from smallct.metrics import bootstrap_ci, classification_metrics, summarize_folds
 from smallct.models import create_model
@@ -172,7 +172,8 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
     img_size = cfg.data.img_size or source.input_size
     images = load_images(dataset.files, img_size, cfg.data.resize, cfg.data.crop, workers=cfg.workers,
                          progress=progress)
-    groups, similar = _fold_groups(dataset, images, cfg.data.group_similar, log)
+    groups, similar = near_duplicate_groups(dataset, cfg.data.group_similar, cfg.data.resize, cfg.data.crop,
+                                            cfg.workers, progress, log)
     folds = fold_assignment(dataset.labels, cfg.folds, cfg.repeats, cfg.seed, groups)
     out = Path(cfg.out)
     record = build_run_record(cfg, dataset, source, img_size, folds)
@@ -212,24 +213,6 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
         _run_fold(cfg, dataset, source, images, labels, r, k, train, test, device, img_size, out, progress,
                   on_epoch)
     return finish_run(out, dataset, cfg, log=log, seconds=time.perf_counter() - start)
-
-
-def _fold_groups(dataset: Dataset, images: torch.Tensor, threshold: float | None, log=print):
-    """Groups for the splitter: patients (when known) joined with near-duplicate/similar images."""
-    if not threshold:
-        return dataset.groups, []
-    groups, pairs = similar_groups(images, threshold)
-    largest = np.bincount(groups).max()
-    if largest > len(groups) / 10:
-        # uniformly similar images (a synthetic phantom set): linking tells nothing about leakage
-        log(f"similar-image grouping skipped: {largest} of {len(groups)} images would form one group "
-            f"at correlation >= {threshold} (uniformly similar images, as in a synthetic set)")
-        return dataset.groups, []
-    if pairs:
-        shown = "; ".join(f"{dataset.files[i].name}~{dataset.files[j].name} {c:.3f}" for i, j, c in pairs[:4])
-        log(f"found {len(pairs)} pairs of near-duplicate or very similar images (thumbnail correlation >= "
-            f"{threshold}; e.g. {shown}): each linked set is kept in one fold (--group-similar 0 turns this off)")
-    return combine_groups(dataset.groups, groups), pairs
 
 
 def _run_fold(cfg, dataset, source, images, labels, r, k, train, test, device, img_size, out, progress, on_epoch):
@@ -439,9 +422,23 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", type=Path, default=c.out, help="run folder (default runs/cv); same --out resumes")
     v.add_argument("--no-progress", action="store_true", help="no progress bars")
     v.add_argument("--params", type=Path,
-                   help="JSON of settings (e.g. best_params.json of smallct.tune): flag names with _ for -; "
-                        "flags given on the command line still win")
+                   help="JSON of settings (e.g. best_params.json of smallct.tune) or a recipe name (lite0_finetune): "
+                        "flag names with _ for -; flags given on the command line still win")
     return p
+
+
+RECIPES = Path(__file__).resolve().parent / "recipes"  # named settings files: --params lite0_finetune
+
+
+def resolve_params_path(params: Path) -> Path:
+    """``--params``: a JSON file, or the name of a recipe shipped in ``smallct/recipes``."""
+    if Path(params).is_file() or Path(params).suffix:
+        return Path(params)
+    recipe = RECIPES / f"{params}.json"
+    if recipe.is_file():
+        return recipe
+    known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.json")))
+    raise ValueError(f"{params}: no such settings file, nor a recipe (recipes: {known})")
 
 
 def apply_params_file(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -453,6 +450,7 @@ def apply_params_file(parser: argparse.ArgumentParser, argv: list[str] | None) -
     args = parser.parse_args(argv)
     if args.params is None:
         return args
+    args.params = resolve_params_path(args.params)
     try:
         values = json.loads(Path(args.params).read_text())
     except (OSError, json.JSONDecodeError) as err:

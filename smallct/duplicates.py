@@ -16,8 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from smallct.cache import load_images
+
 DEFAULT_THRESHOLD = 0.92  # Pearson correlation of 64 px grey thumbnails (after crop and pad)
 THUMBNAIL = 64
+DECODE_SIZE = 128  # images are decoded at this size, then shrunk to THUMBNAIL (the threshold was set this way)
+SKIP_SHARE = 0.1  # a group holding more than this share of the images means uniformly similar images
 
 
 def similarity(images: torch.Tensor, size: int = THUMBNAIL) -> np.ndarray:
@@ -64,3 +68,30 @@ def combine_groups(a: np.ndarray | None, b: np.ndarray) -> np.ndarray:
         for i, g in enumerate(labels):
             edges.append((i, first.setdefault(g, i)))
     return _components(len(b), edges)
+
+
+def near_duplicate_groups(dataset, threshold: float | None = DEFAULT_THRESHOLD, resize: str = "pad",
+                          crop: bool = True, workers: int = 0, progress: bool = False, log=print
+                          ) -> tuple[np.ndarray | None, list[tuple[int, int, float]]]:
+    """Groups for a splitter: the dataset's own groups (patients, when known) joined with near-duplicates.
+
+    Images are decoded at :data:`DECODE_SIZE` px and compared as :data:`THUMBNAIL` px thumbnails, whatever
+    the training image size, so runs at other
+    ``--img-size`` share their folds (and can be compared image by image). When one group would hold
+    more than :data:`SKIP_SHARE` of the images (uniformly similar images, as in a synthetic set),
+    linking tells nothing about leakage: the grouping is skipped with a message.
+    """
+    if not threshold:
+        return dataset.groups, []
+    thumbs = load_images(dataset.files, DECODE_SIZE, resize, crop, workers=workers, progress=progress)
+    groups, pairs = similar_groups(thumbs, threshold)
+    largest = int(np.bincount(groups).max())
+    if largest > len(groups) * SKIP_SHARE:
+        log(f"similar-image grouping skipped: {largest} of {len(groups)} images would form one group "
+            f"at correlation >= {threshold} (uniformly similar images, as in a synthetic set)")
+        return dataset.groups, []
+    if pairs:
+        shown = "; ".join(f"{dataset.files[i].name}~{dataset.files[j].name} {c:.3f}" for i, j, c in pairs[:4])
+        log(f"found {len(pairs)} pairs of near-duplicate or very similar images (thumbnail correlation >= "
+            f"{threshold}; e.g. {shown}): each linked set is kept in one fold (--group-similar 0 turns this off)")
+    return combine_groups(dataset.groups, groups), pairs

@@ -102,11 +102,15 @@ def create_model(arch: str, num_classes: int, source: WeightSource) -> nn.Module
     if source.key_map == "in-order":
         state = map_in_order(state, build(1000).state_dict(), source.path)
     target = model.state_dict()
-    prefix = _head_prefix(model)
+    prefix = _replaced_prefix(model)
     head_keys = {k for k in target if k.startswith(prefix)}
     if not all(k in state and state[k].shape == target[k].shape for k in head_keys):
-        # ImageNet weights, or a checkpoint of another task: take the backbone, keep the new head
+        # ImageNet weights, or a checkpoint of another task: take the backbone and a fresh head with
+        # PyTorch's default init. The architecture's own init can be far too large for a few classes:
+        # timm's EfficientNet draws a 2-class head from U(-0.71, 0.71), initial logits of std ~5, whose
+        # gradients scramble the pretrained features in the first steps.
         state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+        _replace_head(model, num_classes)
     problems = _check_state(state, target, ignore=head_keys)
     if problems:
         raise ValueError(f"{source.path}: weights do not fit {arch}: {problems}")
@@ -120,6 +124,16 @@ def _head_prefix(model: nn.Module) -> str:
         if module is head:
             return name + "."
     raise ValueError("head not found among modules")
+
+
+def _replaced_prefix(model: nn.Module) -> str:
+    """Key prefix of the layer :func:`_replace_head` replaces: the head, or the last Linear of a
+    torchvision Sequential head (mobilenet_v3, vgg, convnext keep their pretrained layers before it)."""
+    prefix = _head_prefix(model)
+    head = head_module(model)
+    if not hasattr(model, "reset_classifier") and isinstance(head, nn.Sequential) and isinstance(head[-1], nn.Linear):
+        return f"{prefix}{len(head) - 1}."
+    return prefix
 
 
 def _check_state(state: dict, target: dict, ignore: set) -> str:

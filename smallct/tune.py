@@ -537,8 +537,8 @@ def run_study(cfg: TuneConfig, dataset: Dataset | None = None, progress: bool = 
     dataset = dataset if dataset is not None else cv.load_data(base, log)
     if base.task is not None and base.task != dataset.task:
         raise ValueError(f"--task {base.task}: the data ({dataset.source}) is a {dataset.task} task")
-    space = {k: v for k, v in (cfg.space if cfg.space is not None else default_space(base.train.epochs)).items()
-             if v is not None}
+    raw = cfg.space if cfg.space is not None else default_space(base.train.epochs)
+    space = {k: v for k, v in parse_space(raw).items() if v is not None}  # typed like the cv flags
     metric = choose_metric(cfg.metric, dataset.task)
     study = open_study(dataclasses.replace(cfg, space=space), dataset, log)
     todo = cfg.trials - _finished(study)

@@ -27,7 +27,7 @@ def write_set(folder, n, size_of_label, seed):
 def test_size_shortcut_is_found(tmp_path, capsys):
     data = write_set(tmp_path / "shortcut", 40, lambda y, rng: (48 + 24 * y, int(rng.integers(40, 60))), seed=0)
     out = tmp_path / "out"
-    assert main(["--data", str(data), "--out", str(out), "--n-boot", "200", "--img-size", "32", "--no-progress"]) == 0
+    assert main(["--data", str(data), "--out", str(out), "--n-boot", "200", "--no-progress"]) == 0
     result = json.loads((out / "audit.json").read_text())
     size = result["feature_sets"]["size"]
     assert size["accuracy"] >= 0.95 and size["above_chance"]
@@ -41,7 +41,7 @@ def test_size_shortcut_is_found(tmp_path, capsys):
 def test_no_shortcut_no_warning(tmp_path):
     data = write_set(tmp_path / "fair", 40, lambda y, rng: (int(rng.integers(40, 80)), int(rng.integers(40, 80))),
                      seed=1)
-    result = audit(load_dataset(data), n_boot=200, progress=False, img_size=32)
+    result = audit(load_dataset(data), n_boot=200, progress=False)
     for s in result["feature_sets"].values():
         assert s["ci95"]["accuracy"][0] <= 0.5 and not s["above_chance"]
     assert result["warning"] is None

@@ -123,3 +123,15 @@ def test_config_round_trips_through_run_json(tmp_path, phantom_dir):
     saved = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
     assert from_dict(CVConfig, saved) == cfg
     assert np.isclose(saved["train"]["lr"], cfg.train.lr)
+
+
+def test_a_shipped_recipe_is_read_by_name_and_flags_still_win(tmp_path):
+    from smallct.cv import apply_params_file, build_parser, config_from_args
+
+    args = apply_params_file(build_parser(), ["--params", "lite0_finetune", "--epochs", "3"])
+    cfg = config_from_args(args)
+    assert (cfg.arch, cfg.weights, cfg.data.img_size) == ("tf_efficientnet_lite0", "imagenet", 192)
+    assert (cfg.train.freeze_epochs, cfg.train.backbone_lr_mult, cfg.train.epochs) == (1, 0.5, 3)
+    assert "seed-1 folds" in cfg.params_source  # results.json says where the settings came from
+    with pytest.raises(ValueError, match="no_such_recipe: no such settings file, nor a recipe .*lite0_finetune"):
+        apply_params_file(build_parser(), ["--params", "no_such_recipe"])

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from smallct.cache import load_images
-from smallct.duplicates import combine_groups, similar_groups, similarity
+from smallct.duplicates import DECODE_SIZE, combine_groups, near_duplicate_groups, similar_groups, similarity
 from smallct.labels import load_dataset
 
 
@@ -27,11 +27,29 @@ def test_combine_groups_joins_patients_and_similarity():
 
 def test_known_duplicates_of_the_real_head_ct_set_are_found(head_ct_dir):
     ds = load_dataset(head_ct_dir)
-    images = load_images(ds.files, 64, progress=False)
-    groups, pairs = similar_groups(images)
+    messages = []
+    groups, pairs = near_duplicate_groups(ds, log=messages.append)  # what smallct.cv uses, at any --img-size
+    assert messages and messages[0].startswith(f"found {len(pairs)} pairs")
     name = {i: p.name for i, p in enumerate(ds.files)}
     found = {(name[i], name[j]) for i, j, _ in pairs}
     # the same slice saved twice (identical, or at two sizes)
     for a, b in [("188.png", "189.png"), ("005.png", "058.png"), ("004.png", "057.png"), ("011.png", "061.png")]:
         assert (a, b) in found
     assert np.bincount(groups).max() <= 12  # groups stay small: a chain of one patient's slices at most
+
+
+def test_uniformly_similar_images_are_not_grouped_and_zero_turns_grouping_off(phantom_dir):
+    ds = load_dataset(phantom_dir)
+    messages = []
+    groups, pairs = near_duplicate_groups(ds, log=messages.append)
+    assert groups is ds.groups and pairs == [] and "skipped" in messages[0]  # synthetic heads all look alike
+    assert near_duplicate_groups(ds, threshold=None, log=messages.append) == (ds.groups, []) and len(messages) == 1
+
+
+def test_groups_are_the_thumbnail_groups_joined_with_patients(head_ct_dir):
+    ds = load_dataset(head_ct_dir)
+    thumbs = load_images(ds.files, DECODE_SIZE, progress=False)
+    expected, _ = similar_groups(thumbs)
+    groups, _ = near_duplicate_groups(ds, log=lambda *a: None)
+    same = expected[:, None] == expected[None, :]
+    assert np.array_equal(same, groups[:, None] == groups[None, :])

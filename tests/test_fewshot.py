@@ -175,7 +175,8 @@ def test_cli_writes_summary_episodes_plot_and_learns_an_easy_set(tmp_path, capsy
     assert (out / "fewshot.png").stat().st_size > 0
     # the same seed gives the same episodes and figures
     assert main(["--data", str(data), "--arch", "resnet18", "--weights", "none", "--img-size", "32", "--shots",
-                 "1,5", "--episodes", "6", "--out", str(tmp_path / "again"), "--no-progress"]) == 0
+                 "1,5", "--episodes", "6", "--method", "proto,linear,knn", "--out", str(tmp_path / "again"),
+                 "--no-progress"]) == 0
     again = pd.read_csv(tmp_path / "again" / "episodes.csv")
     pd.testing.assert_frame_equal(again, episodes.query("method != 'finetune'").reset_index(drop=True))
 

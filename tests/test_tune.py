@@ -216,3 +216,14 @@ def test_two_worker_processes_share_one_storage(tiny_set, tmp_path):
     for i in range(2):  # each worker's trial folders hold only its own trials
         numbers = {int(p.name) for p in (tmp_path / f"w{i}" / "trials").iterdir()}
         assert numbers and all(f"(worker {i})" in study.trials[n].user_attrs["worker"] for n in numbers)
+
+
+def test_a_library_study_without_a_parsed_space_uses_typed_defaults(tiny_set, tmp_path):
+    # run_study(space=None) takes the default space; a raw space (YAML reads 1e-3 as text) is typed like the flags
+    for space in (None, {"lr": {"low": "1e-3", "high": "1e-2", "log": True}, "batch_size": "8"}):
+        cfg = tune.TuneConfig(base=_base(tiny_set, tmp_path / str(space is None)), space=space, trials=1,
+                              pruner="none", report=False)
+        trial = tune.run_study(cfg, progress=False, log=lambda *a: None).trials[0]
+        assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("fail_reason")
+        expected = {"lr", "momentum", "weight_decay", "schedule"} if space is None else {"lr"}
+        assert expected <= set(trial.params) and 1e-4 <= trial.params["lr"] <= 0.1
