@@ -20,10 +20,10 @@ batch size, device and augmentation (flip + rotation/scale/shift), over every im
 After one warm-up epoch of each, ``--rounds`` rounds run one epoch of every pipeline in turn; the
 table shows the median epoch and the ratio of each baseline's median to smallct's, in wall time and
 in CPU seconds (this process and its finished DataLoader workers: steadier than wall time when other
-jobs share the machine). Also reported: one pass of the notebook Dataset alone (the decoding and transforms an epoch pays for), smallct's
-one-time cache build and its read-back, and the floor: the model's FLOPs per training image (forward
-+ backward, counted by ``torch.utils.flop_counter``) times images per epoch, over the measured
-matrix-product rate of the device (bf16 on a GPU with autocast, else float32).
+jobs share the machine). Also reported: one pass of the notebook Dataset alone (the decoding and
+transforms an epoch pays for), smallct's one-time cache build and its read-back, and the floor: the
+model's FLOPs per training image (forward + backward, counted by ``torch.utils.flop_counter``) times
+images per epoch, over the measured matrix-product rate of the device (bf16 on a GPU with autocast, else float32).
 
 Writes ``bench/results/epoch-<device>.json``.
 """

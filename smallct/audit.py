@@ -204,9 +204,7 @@ def warning(result: dict) -> str | None:
 
 def audit_plot(result: dict, dataset: Dataset, path: Path) -> Path:
     """Width against height per class (the shortcut made visible), and accuracy per feature set vs chance."""
-    import matplotlib
 
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     features = result["features"]

@@ -109,7 +109,8 @@ def check_paired(a: RunPredictions, b: RunPredictions) -> None:
         differ = [f"{k} {ca.get(k)} vs {cb.get(k)}" for k in ("folds", "repeats", "seed") if ca.get(k) != cb.get(k)]
         differ += [f"{k} {da.get(k)} vs {db.get(k)}" for k in ("group_similar", "resize", "crop")
                    if da.get(k) != db.get(k)]
-        raise ValueError(f"{where}: different fold assignments ({', '.join(differ) or 'same settings'}); rerun one "
+        why = ", ".join(differ) or "same settings; a run of an older smallct grouped near-duplicates at its --img-size"
+        raise ValueError(f"{where}: different fold assignments ({why}); rerun one "
                          "of them with the other's --folds, --repeats, --seed (and --group-similar, --resize, --crop, "
                          "which decide the near-duplicate groups)")
 
@@ -281,9 +282,7 @@ def verdict(result: dict) -> str:
 
 def compare_plot(result: dict, path: Path) -> Path:
     """Per-fold paired differences (dots) and the pooled difference with its paired bootstrap interval."""
-    import matplotlib
 
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))

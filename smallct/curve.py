@@ -71,18 +71,29 @@ def draw_training_subset(train: np.ndarray, labels: np.ndarray, n: int, seed: in
     """``n`` indices drawn from ``train``, stratified by ``labels`` (all of ``train`` when ``n`` covers it), sorted."""
     if n >= len(train):
         return np.sort(train)
+    if len(train) - n < len(np.unique(labels[train])):  # too few left out to stratify them: drop them at random
+        drop = np.random.default_rng(seed).choice(len(train), len(train) - n, replace=False)
+        return np.sort(np.delete(train, drop))
     sub, _ = train_test_split(train, train_size=n, stratify=labels[train], random_state=seed)
     return np.sort(sub)
 
 
-def check_sizes(sizes: list[int], labels: np.ndarray, folds: np.ndarray) -> None:
-    """``ValueError`` when a size is below the class count or above the smallest training part."""
+def check_sizes(sizes: list[int], labels: np.ndarray, folds: np.ndarray) -> str | None:
+    """``ValueError`` when a size is below twice the class count or above the largest training part; a note
+    (else ``None``) when a size exceeds some folds' training parts (those folds train on all of theirs)."""
     n_classes = len(np.unique(labels))
-    smallest = min(int((f != k).sum()) for f in folds for k in np.unique(f))
-    bad = [n for n in sizes if n < 2 * n_classes or n > smallest]
+    parts = [int((f != k).sum()) for f in folds for k in np.unique(f)]
+    smallest, largest = min(parts), max(parts)
+    bad = [n for n in sizes if n < 2 * n_classes or n > largest]
     if bad or not sizes:
-        raise ValueError(f"--sizes {','.join(map(str, bad)) or '(empty)'}: need {2 * n_classes} <= n <= {smallest} "
-                         f"(two images per class at least; the smallest training part holds {smallest} images)")
+        raise ValueError(f"--sizes {','.join(map(str, bad)) or '(empty)'}: need {2 * n_classes} <= n <= {largest} "
+                         f"(two images per class at least; the largest training part holds {largest} images)")
+    over = [n for n in sizes if n > smallest]
+    if over:
+        return (f"note: training parts hold {smallest}-{largest} images (grouped folds are uneven); at n = "
+                f"{','.join(map(str, over))} a fold whose part is smaller trains on all of it "
+                "(n_train in curve_folds.csv)")
+    return None
 
 
 @dataclass
@@ -118,7 +129,9 @@ def run_curve(cfg: CurveConfig, dataset: Dataset | None = None, progress: bool =
     groups, _ = near_duplicate_groups(dataset, cfg.data.group_similar, cfg.data.resize, cfg.data.crop,
                                       progress=progress, log=log)  # smallct.cv's folds
     folds = fold_assignment(labels, cfg.folds, cfg.repeats, cfg.seed, groups)
-    check_sizes(cfg.sizes, labels, folds)
+    note = check_sizes(cfg.sizes, labels, folds)
+    if note:
+        log(note)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +156,7 @@ def run_curve(cfg: CurveConfig, dataset: Dataset | None = None, progress: bool =
             z = normalize_embeddings(z, cfg.normalize)
             for n, r, k, sub, test in splits:
                 P = linear_probe(z[sub], labels[sub], z[test], n_classes, C=cfg.C)
-                rows.append(_fit_row(w, "probe", n, r, k, labels[test], P))
+                rows.append(_fit_row(w, "probe", n, r, k, labels[test], P, len(sub)))
         if "finetune" in cfg.methods:
             ft_size = cfg.finetune_img_size or cfg.data.img_size or source.input_size
             images = load_images(dataset.files, ft_size, cfg.data.resize, cfg.data.crop, progress=progress)
@@ -157,7 +170,7 @@ def run_curve(cfg: CurveConfig, dataset: Dataset | None = None, progress: bool =
             for n, r, k, sub, test in tqdm(splits, desc=f"fine-tuning ({w})", disable=not progress, leave=False):
                 P = finetune_predict(cfg.arch, source, images, labels, sub, test, n_classes, cfg.finetune,
                                      seed=cfg.seed * 10007 + n * 101 + r * 10 + k, device=device)
-                rows.append(_fit_row(w, "finetune", n, r, k, labels[test], P))
+                rows.append(_fit_row(w, "finetune", n, r, k, labels[test], P, len(sub)))
             log(f"fine-tuning ({w}) took {_fmt_duration(time.perf_counter() - start)}")
 
     per_fit = pd.DataFrame(rows)
@@ -177,7 +190,12 @@ def run_curve(cfg: CurveConfig, dataset: Dataset | None = None, progress: bool =
             "std": "standard deviation over folds x repeats (ddof=1)",
             "ci95": "95% confidence interval of the mean over folds x repeats (Student t); approximate, since "
                     "training parts overlap",
-            "selection": "nothing is chosen on a test fold: C, pooling, epochs and learning rate are fixed",
+            "selection": "nothing is chosen on a test fold: C, pooling, epochs and learning rate are fixed (the "
+                         "pooling and normalisation defaults come from smallct.fewshot, chosen on Head CT episodes "
+                         "of seed 1)",
+            "normalize": "a per-feature standardize over all images is undone by the probe's own scaler, fitted "
+                         "on the training images only; l2 and none use no other image; center-l2 subtracts the "
+                         "mean of all images (no labels)",
         },
     }
     (out / "curve.json").write_text(json.dumps(record, indent=1, default=float))
@@ -188,9 +206,11 @@ def run_curve(cfg: CurveConfig, dataset: Dataset | None = None, progress: bool =
     return CurveResult(out, summary, per_fit)
 
 
-def _fit_row(weights: str, method: str, n: int, repeat: int, fold: int, y: np.ndarray, P: np.ndarray) -> dict:
+def _fit_row(weights: str, method: str, n: int, repeat: int, fold: int, y: np.ndarray, P: np.ndarray,
+             n_train: int) -> dict:
     m = classification_metrics(y, P)
-    return {"weights": weights, "method": method, "n": n, "repeat": repeat, "fold": fold, "n_test": len(y),
+    return {"weights": weights, "method": method, "n": n, "n_train": n_train, "repeat": repeat, "fold": fold,
+            "n_test": len(y),
             **{k: m[k] for k in METRICS}}
 
 

@@ -239,7 +239,8 @@ def check(name: str, answer: Any, **given) -> Verdict:
     if same(answer, expected, ex.rtol, ex.atol):
         print(f"correct ({name})")
         return Verdict(name, True)
-    shown = answer if np.ndim(_plain(answer)) == 0 or isinstance(_plain(answer), dict) else f"an array {np.shape(answer)}"
+    plain = _plain(answer)
+    shown = answer if np.ndim(plain) == 0 or isinstance(plain, dict) else f"an array {np.shape(answer)}"
     print(f"not yet ({name}): {shown!r} is not the expected answer. Hint: {ex.hint}")
     if _flag(STRICT_ENV):
         raise AssertionError(f"exercise {name}: answer {shown!r}, expected {_plain(expected)!r}")

@@ -71,21 +71,26 @@ def head_module(model: nn.Module) -> nn.Module:
     raise ValueError(f"cannot find the classification head of {type(model).__name__}")
 
 
-def _replace_head(model: nn.Module, num_classes: int) -> None:
+def _final_layer(model: nn.Module) -> tuple[str, nn.Module]:
+    """Key prefix and module of the layer a new task replaces: the last layer with parameters of the head
+    (``fc``; the last Linear of mobilenet/VGG/convnext classifiers, which keep their pretrained layers before
+    it; ``heads.head`` of ViT; the final 1x1 convolution of SqueezeNet; timm's classifier)."""
+    head = head_module(model)
+    prefix = _head_prefix(model)
+    leaves = [(name, m) for name, m in head.named_modules()
+              if not any(True for _ in m.children()) and any(True for _ in m.parameters(recurse=False))]
+    if not leaves:
+        raise ValueError(f"cannot find the final layer of the head of {type(model).__name__}")
+    name, layer = leaves[-1]
+    return (f"{prefix}{name}." if name else prefix), layer
+
+
+def _fresh_head(model: nn.Module, layer: nn.Module, num_classes: int) -> None:
+    """PyTorch's default initialisation for the final layer (timm: a new classifier, which is the same)."""
     if hasattr(model, "reset_classifier"):  # timm
         model.reset_classifier(num_classes)
-        return
-    if isinstance(getattr(model, "fc", None), nn.Linear):
-        model.fc = nn.Linear(model.fc.in_features, num_classes)
-        return
-    head = getattr(model, "classifier", None)
-    if isinstance(head, nn.Sequential) and isinstance(head[-1], nn.Linear):
-        head[-1] = nn.Linear(head[-1].in_features, num_classes)
-        return
-    if isinstance(head, nn.Linear):
-        model.classifier = nn.Linear(head.in_features, num_classes)
-        return
-    raise ValueError(f"cannot replace the classification head of {type(model).__name__}")
+    elif hasattr(layer, "reset_parameters"):
+        layer.reset_parameters()
 
 
 def create_model(arch: str, num_classes: int, source: WeightSource) -> nn.Module:
@@ -102,7 +107,7 @@ def create_model(arch: str, num_classes: int, source: WeightSource) -> nn.Module
     if source.key_map == "in-order":
         state = map_in_order(state, build(1000).state_dict(), source.path)
     target = model.state_dict()
-    prefix = _replaced_prefix(model)
+    prefix, layer = _final_layer(model)
     head_keys = {k for k in target if k.startswith(prefix)}
     if not all(k in state and state[k].shape == target[k].shape for k in head_keys):
         # ImageNet weights, or a checkpoint of another task: take the backbone and a fresh head with
@@ -110,7 +115,7 @@ def create_model(arch: str, num_classes: int, source: WeightSource) -> nn.Module
         # timm's EfficientNet draws a 2-class head from U(-0.71, 0.71), initial logits of std ~5, whose
         # gradients scramble the pretrained features in the first steps.
         state = {k: v for k, v in state.items() if not k.startswith(prefix)}
-        _replace_head(model, num_classes)
+        _fresh_head(model, layer, num_classes)
     problems = _check_state(state, target, ignore=head_keys)
     if problems:
         raise ValueError(f"{source.path}: weights do not fit {arch}: {problems}")
@@ -124,16 +129,6 @@ def _head_prefix(model: nn.Module) -> str:
         if module is head:
             return name + "."
     raise ValueError("head not found among modules")
-
-
-def _replaced_prefix(model: nn.Module) -> str:
-    """Key prefix of the layer :func:`_replace_head` replaces: the head, or the last Linear of a
-    torchvision Sequential head (mobilenet_v3, vgg, convnext keep their pretrained layers before it)."""
-    prefix = _head_prefix(model)
-    head = head_module(model)
-    if not hasattr(model, "reset_classifier") and isinstance(head, nn.Sequential) and isinstance(head[-1], nn.Linear):
-        return f"{prefix}{len(head) - 1}."
-    return prefix
 
 
 def _check_state(state: dict, target: dict, ignore: set) -> str:

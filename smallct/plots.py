@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import confusion_matrix, roc_curve  # noqa: E402
+import matplotlib.pyplot as plt  # figures are saved and closed: any backend (Agg headless, inline in Jupyter)
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix, roc_curve
 
 
 def roc_plot(oof: pd.DataFrame, path: Path, title: str = "") -> Path:

@@ -623,9 +623,7 @@ def top_trials(study: optuna.Study, k: int = 10) -> pd.DataFrame:
 
 def write_plots(study: optuna.Study, out: Path, log=print) -> list[Path]:
     """Optimisation history, parameter importances, slices and intermediate values as PNG files."""
-    import matplotlib
 
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 

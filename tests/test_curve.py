@@ -29,14 +29,20 @@ def test_draw_is_stratified_inside_the_training_part_and_reproducible():
     assert len(sub) == 10 and set(sub) <= set(train) and np.bincount(labels[sub]).tolist() == [5, 5]
     assert (draw_training_subset(train, labels, 10, seed=3) == sub).all()
     assert (draw_training_subset(train, labels, 80, seed=3) == train).all()
+    one_short = draw_training_subset(train, labels, 79, seed=3)  # one left out: nothing to stratify
+    assert len(one_short) == 79 and set(one_short) < set(train)
 
 
 def test_sizes_are_checked_against_the_training_parts():
     labels = np.array([0, 1] * 20)
     folds = np.tile(np.arange(5), 8)[None]
-    check_sizes([4, 32], labels, folds)
+    assert check_sizes([4, 32], labels, folds) is None
     with pytest.raises(ValueError, match="--sizes 2,33: need 4 <= n <= 32"):
         check_sizes([2, 10, 33], labels, folds)
+    uneven = folds.copy()
+    uneven[0, 1] = 0  # fold 0 holds 9 images (training part 31), fold 1 holds 7 (training part 33)
+    note = check_sizes([4, 32], labels, uneven)  # grouped folds are uneven: the largest part decides
+    assert note is not None and "31-33 images" in note and "n = 32" in note
 
 
 def test_cli_compares_weights_on_the_same_draws_and_learns(tmp_path, capsys):

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -53,3 +55,9 @@ def test_groups_are_the_thumbnail_groups_joined_with_patients(head_ct_dir):
     groups, _ = near_duplicate_groups(ds, log=lambda *a: None)
     same = expected[:, None] == expected[None, :]
     assert np.array_equal(same, groups[:, None] == groups[None, :])
+    # with patients known, a patient's images and a near-duplicate pair are both kept together
+    patients = np.array([f"p{i // 2}" for i in range(len(ds))])  # 000+001, 002+003, ... as one patient each
+    joined, _ = near_duplicate_groups(dataclasses.replace(ds, groups=patients), log=lambda *a: None)
+    together = same | (patients[:, None] == patients[None, :])
+    assert (joined[:, None] == joined[None, :])[together].all()
+    assert joined[0] == joined[1] and joined[188] == joined[189] and len(set(joined)) < len(set(groups))

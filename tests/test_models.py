@@ -94,6 +94,18 @@ def test_sequential_head_keeps_its_pretrained_layers_before_the_last_linear(tmp_
     assert loaded["classifier.3.weight"].shape == (2, 1024)
 
 
+@pytest.mark.parametrize("arch, last", [("swin_t", "head."), ("vit_b_16", "heads.head."),
+                                         ("squeezenet1_0", "classifier.1.")])
+def test_other_head_shapes_load_everything_but_their_final_layer(tmp_path, arch, last):
+    # Swin's head is `head`, ViT's `heads.head` inside a Sequential, SqueezeNet's a 1x1 convolution
+    path = tmp_path / f"{arch}.pt"
+    state = _saved_imagenet_state(arch, path, seed=7)
+    model = create_model(arch, 2, resolve_weights(arch, str(path)))
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items() if not k.startswith(last))
+    assert loaded[f"{last}weight"].shape[0] == 2 and model(torch.zeros(1, 3, 224, 224)).shape == (1, 2)
+
+
 def test_weights_that_do_not_fit_name_the_file_and_the_first_bad_tensor(tmp_path):
     state = _saved_imagenet_state("resnet18", tmp_path / "ok.pt")
     wrong = dict(state, **{"layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1)})

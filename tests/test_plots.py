@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from smallct.fewshot import interval_plot
 from smallct.plots import confusion_plot, curves_plot, roc_plot
 
 DPI = 110  # the plots' savefig resolution
@@ -63,3 +64,20 @@ def test_curves_plot_draws_train_and_test_fold_lines(tmp_path):
     train_only = pd.DataFrame(rows).drop(columns=["val_loss", "val_acc"])
     b = _read(curves_plot(train_only, tmp_path / "train.png"))
     assert _has_colour(b, TAB_BLUE) and not _has_colour(b, TAB_ORANGE)
+
+
+def test_plotting_leaves_the_matplotlib_backend_alone(tmp_path):
+    # a notebook's inline backend must survive the library's plots (no matplotlib.use("Agg") inside smallct)
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        roc_plot(_oof(), tmp_path / "roc.png")
+        summary = pd.DataFrame({"k": [1, 5], "method": "proto", "accuracy_mean": [0.6, 0.7],
+                                "accuracy_ci_low": [0.5, 0.6], "accuracy_ci_high": [0.7, 0.8]})
+        interval_plot(summary, "k", "method", tmp_path / "k.png", "k", "few-shot")  # plots inside other modules
+        assert matplotlib.get_backend() == "svg"
+        assert (tmp_path / "roc.png").stat().st_size > 0 and (tmp_path / "k.png").stat().st_size > 0
+    finally:
+        matplotlib.use(before)

@@ -7,7 +7,8 @@ import pytest
 from smallct.rsna import LABEL_WEIGHTS, LABELS, WEIGHTS, f1_at_half, per_label_auc, read_rsna_labels, \
     weighted_log_loss
 
-SUBTYPE_ORDER = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")  # as in the file
+# as in the file
+SUBTYPE_ORDER = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")
 
 
 def write_long(path, labels: dict[str, dict[str, int]], extra: list[str] = ()):
