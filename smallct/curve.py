@@ -35,10 +35,12 @@ from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 from smallct.config import DataConfig, TrainConfig, to_dict
+from smallct.cv import add_data_arguments, comma_list, data_config_from_args, load_data
 from smallct.embeddings import POOLINGS, load_embeddings
 from smallct.fewshot import (FINETUNE_DEFAULTS, METRICS, NORMALIZATIONS, FewShotConfig, _fmt_duration,
-                             finetune_fit_seconds, finetune_predict, finetune_seconds_per_image, format_summary,
-                             interval_plot, linear_probe, normalize_embeddings, summarize_episodes)
+                             add_finetune_arguments, finetune_config_from_args, finetune_fit_seconds,
+                             finetune_predict, finetune_seconds_per_image, format_summary, interval_plot,
+                             linear_probe, normalize_embeddings, summarize_episodes)
 from smallct.labels import Dataset
 from smallct.metrics import classification_metrics
 
@@ -107,7 +109,6 @@ def run_curve(cfg: CurveConfig, dataset: Dataset | None = None, progress: bool =
     """Train and evaluate every (weights, method, n, repeat, fold) of ``cfg``; write the outputs to ``cfg.out``."""
     from smallct.cache import load_images
     from smallct.config import CVConfig
-    from smallct.cv import load_data
     from smallct.duplicates import near_duplicate_groups
     from smallct.splits import fold_assignment
     from smallct.train import resolve_device
@@ -214,36 +215,19 @@ def _fit_row(weights: str, method: str, n: int, repeat: int, fold: int, y: np.nd
             **{k: m[k] for k in METRICS}}
 
 
-def _list(kind):
-    def parse(text: str):
-        try:
-            return [kind(v.strip()) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
-    c, t = CurveConfig(), FINETUNE_DEFAULTS
+    c = CurveConfig()
     p = argparse.ArgumentParser(
         prog="python -m smallct.curve",
         description="Learning curves: cross-validated accuracy when training on n images per fold, for each n, "
                     "pretrained against random initialisation, linear probe against fine-tuning. Without --data it "
                     "runs on a generated synthetic head-CT phantom set.")
-    g = p.add_argument_group("data")
-    g.add_argument("--data", type=Path, help="image folder (with labels.csv, or one sub-folder per class)")
-    g.add_argument("--labels", type=Path, help="labels CSV (default DATA/labels.csv)")
-    g.add_argument("--id-col", help="id column of the labels CSV")
-    g.add_argument("--label-col", help="label column of the labels CSV")
-    g.add_argument("--img-size", type=int, help="embedding input size in px (default: the weights' own size)")
-    g.add_argument("--resize", choices=["pad", "squash"], default="pad", help="pad (keep aspect ratio) or squash")
-    g.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True,
-                   help="crop the black border around the head first (default on)")
+    add_data_arguments(p, "embedding input size in px (default: the weights' own size)")
     m = p.add_argument_group("model")
     m.add_argument("--arch", default=c.arch, help=f"backbone (default {c.arch}); any torchvision or timm name")
-    m.add_argument("--weights", type=_list(str), default=c.weights,
+    m.add_argument("--weights", type=comma_list(), default=c.weights,
                    help="comma-separated weight sources to compare: imagenet, none, PATH (default imagenet,none)")
-    m.add_argument("--method", "--methods", dest="methods", type=_list(str), default=c.methods,
+    m.add_argument("--method", "--methods", dest="methods", type=comma_list(), default=c.methods,
                    help="probe (default: linear probe on frozen embeddings, seconds) and/or finetune (trains one "
                         "network per n, fold, repeat and weights: about 10-30 s per fit of Lite0 at 160 px on a "
                         "2-core CPU, 10-30 min for the default sizes x 5 folds x 2 weights)")
@@ -255,22 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"embedding transform before the probe (default {c.normalize})")
     m.add_argument("--C", type=float, default=c.C, help="linear probe: inverse L2 penalty (fixed)")
     v = p.add_argument_group("sizes and validation")
-    v.add_argument("--sizes", type=_list(int), default=c.sizes, help="training images per fold, e.g. 10,20,40,80,160")
+    v.add_argument("--sizes", type=comma_list(int), default=c.sizes, help="training images per fold, e.g. 10,20,40,80,160")
     v.add_argument("--folds", type=int, default=c.folds)
     v.add_argument("--repeats", type=int, default=c.repeats, help="repeated CV (other fold draws)")
     v.add_argument("--seed", type=int, default=c.seed)
-    v.add_argument("--group-similar", type=float, default=c.data.group_similar, metavar="CORR",
-                   help="keep near-duplicate images in one fold, as smallct.cv does (default "
-                        f"{c.data.group_similar}; 0 turns it off)")
-    f = p.add_argument_group("fine-tuning")
-    f.add_argument("--finetune-img-size", type=int, default=c.finetune_img_size,
-                   help=f"input size for fine-tuning (default {c.finetune_img_size}; 0: the embedding size)")
-    f.add_argument("--epochs", type=int, default=t.epochs)
-    f.add_argument("--lr", type=float, default=t.lr)
-    f.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default=t.optimizer)
-    f.add_argument("--schedule", choices=["step", "cosine", "onecycle", "constant"], default=t.schedule)
-    f.add_argument("--weight-decay", type=float, default=t.weight_decay)
-    f.add_argument("--augment", choices=["none", "flip", "affine"], default=t.augment)
+    add_finetune_arguments(p, "fine-tuning", c.finetune_img_size)
     r = p.add_argument_group("run")
     r.add_argument("--device", default=c.device, help="auto (default), cpu or cuda")
     r.add_argument("--out", type=Path, default=c.out, help="output folder (default runs/curve)")
@@ -279,15 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> CurveConfig:
-    data = DataConfig(data=args.data, labels=args.labels, id_col=args.id_col, label_col=args.label_col,
-                      img_size=args.img_size, resize=args.resize, crop=args.crop,
-                      group_similar=args.group_similar or None)
-    finetune = TrainConfig(**{**to_dict(FINETUNE_DEFAULTS), "epochs": args.epochs, "lr": args.lr,
-                              "optimizer": args.optimizer, "schedule": args.schedule,
-                              "weight_decay": args.weight_decay, "augment": args.augment})
-    return CurveConfig(data=data, arch=args.arch, weights=args.weights, sizes=args.sizes, methods=args.methods,
+    return CurveConfig(data=data_config_from_args(args), arch=args.arch, weights=args.weights, sizes=args.sizes, methods=args.methods,
                        folds=args.folds, repeats=args.repeats, pool=args.pool, flip=args.flip,
-                       normalize=args.normalize, C=args.C, finetune=finetune,
+                       normalize=args.normalize, C=args.C, finetune=finetune_config_from_args(args),
                        finetune_img_size=args.finetune_img_size or None, seed=args.seed, device=args.device,
                        out=args.out)
 

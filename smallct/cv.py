@@ -367,25 +367,52 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d, t, c = DataConfig(), TrainConfig(), CVConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m smallct.cv",
-        description="Cross-validated transfer learning on a small labelled image set. Without --data it runs on a "
-                    "generated synthetic head-CT phantom set (no download).")
+def comma_list(kind=str):
+    """An argparse ``type`` for comma-separated values: ``--shots 1,5,10`` -> ``[1, 5, 10]``."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(v.strip()) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
+    return parse
+
+
+def add_data_arguments(p: argparse.ArgumentParser, img_size_help: str, folds: bool = True):
+    """The data flags every CLI over a labelled image set shares (``--group-similar`` when it makes folds);
+    returns the argument group, for a command's own data flags."""
+    d = DataConfig()
     g = p.add_argument_group("data")
     g.add_argument("--data", type=Path, help="image folder (with labels.csv, or one sub-folder per class)")
     g.add_argument("--labels", type=Path, help="labels CSV (default DATA/labels.csv)")
     g.add_argument("--id-col", help="id column of the labels CSV (default: 'id' or the first column)")
     g.add_argument("--label-col", help="label column of the labels CSV (default: the other column)")
-    g.add_argument("--img-size", type=int, help="square input size in px (default: the weights' own input size)")
+    g.add_argument("--img-size", type=int, help=img_size_help)
     g.add_argument("--resize", choices=["pad", "squash"], default=d.resize,
                    help="pad: keep aspect ratio, pad with black (default); squash: stretch")
     g.add_argument("--crop", action=argparse.BooleanOptionalAction, default=d.crop,
                    help="crop the black border around the head first (default on)")
-    g.add_argument("--group-similar", type=float, default=d.group_similar, metavar="CORR",
-                   help="keep images whose 64 px thumbnails correlate >= CORR in one fold (near-duplicates, "
-                        f"neighbouring slices of one patient; default {d.group_similar}; 0 turns it off)")
+    if folds:
+        g.add_argument("--group-similar", type=float, default=d.group_similar, metavar="CORR",
+                       help="keep images whose 64 px thumbnails correlate >= CORR in one fold (near-duplicates, "
+                            f"neighbouring slices of one patient; default {d.group_similar}; 0 turns it off)")
+    return g
+
+
+def data_config_from_args(args: argparse.Namespace) -> DataConfig:
+    """The :class:`DataConfig` of :func:`add_data_arguments`' flags."""
+    group_similar = getattr(args, "group_similar", DataConfig.group_similar)
+    return DataConfig(data=args.data, labels=args.labels, id_col=args.id_col, label_col=args.label_col,
+                      img_size=args.img_size, resize=args.resize, crop=args.crop,
+                      group_similar=group_similar or None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    t, c = TrainConfig(), CVConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m smallct.cv",
+        description="Cross-validated transfer learning on a small labelled image set. Without --data it runs on a "
+                    "generated synthetic head-CT phantom set (no download).")
+    g = add_data_arguments(p, "square input size in px (default: the weights' own input size)")
     g.add_argument("--task", choices=["binary", "multiclass", "multilabel"], default=None,
                    help="default: from the data (multilabel for a prepared RSNA folder)")
     m = p.add_argument_group("model")
@@ -469,9 +496,7 @@ def apply_params_file(parser: argparse.ArgumentParser, argv: list[str] | None) -
 
 
 def config_from_args(args: argparse.Namespace) -> CVConfig:
-    data = DataConfig(data=args.data, labels=args.labels, id_col=args.id_col, label_col=args.label_col,
-                      img_size=args.img_size, resize=args.resize, crop=args.crop,
-                      group_similar=args.group_similar or None)
+    data = data_config_from_args(args)
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                         momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
                         step_size=args.step_size, gamma=args.gamma, warmup_epochs=args.warmup_epochs,

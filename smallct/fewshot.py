@@ -50,6 +50,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from smallct.config import DataConfig, TrainConfig, to_dict
+from smallct.cv import add_data_arguments, comma_list, data_config_from_args, load_data
 from smallct.embeddings import POOLINGS, load_embeddings
 from smallct.labels import Dataset
 from smallct.metrics import classification_metrics
@@ -329,7 +330,6 @@ def check_methods(methods: list[str]) -> None:
 def run_fewshot(cfg: FewShotConfig, dataset: Dataset | None = None, progress: bool = True,
                 log=print) -> FewShotResult:
     """Run the episodes of every method and ``k`` in ``cfg``, write the outputs to ``cfg.out``."""
-    from smallct.cv import load_data
     from smallct.config import CVConfig
     from smallct.train import resolve_device
     from smallct.weights import resolve_weights
@@ -445,33 +445,36 @@ def format_summary(summary: pd.DataFrame, keys: tuple[str, ...] = ("method", "sh
 
 # --- CLI ------------------------------------------------------------------------------------------------
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+def add_finetune_arguments(p: argparse.ArgumentParser, title: str, finetune_img_size: int | None) -> None:
+    """The fine-tuning flags of smallct.fewshot and smallct.curve (defaults: :data:`FINETUNE_DEFAULTS`)."""
+    t = FINETUNE_DEFAULTS
+    f = p.add_argument_group(title)
+    f.add_argument("--finetune-img-size", type=int, default=finetune_img_size,
+                   help=f"input size for fine-tuning (default {finetune_img_size}; 0: the embedding size)")
+    f.add_argument("--epochs", type=int, default=t.epochs, help="fine-tuning epochs")
+    f.add_argument("--lr", type=float, default=t.lr, help="fine-tuning learning rate")
+    f.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default=t.optimizer)
+    f.add_argument("--schedule", choices=["step", "cosine", "onecycle", "constant"], default=t.schedule)
+    f.add_argument("--weight-decay", type=float, default=t.weight_decay)
+    f.add_argument("--augment", choices=["none", "flip", "affine"], default=t.augment)
+    return f
 
 
-def _str_list(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+def finetune_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """:data:`FINETUNE_DEFAULTS` with the flags of :func:`add_finetune_arguments`."""
+    return TrainConfig(**{**to_dict(FINETUNE_DEFAULTS), "epochs": args.epochs, "lr": args.lr,
+                          "optimizer": args.optimizer, "schedule": args.schedule,
+                          "weight_decay": args.weight_decay, "augment": args.augment})
 
 
 def build_parser() -> argparse.ArgumentParser:
-    c, t = FewShotConfig(), FINETUNE_DEFAULTS
+    c = FewShotConfig()
     p = argparse.ArgumentParser(
         prog="python -m smallct.fewshot",
         description="Few-shot baselines: k labelled images per class, tested on all the others, repeated over "
                     "episodes. Without --data it runs on a generated synthetic head-CT phantom set.")
-    g = p.add_argument_group("data")
-    g.add_argument("--data", type=Path, help="image folder (with labels.csv, or one sub-folder per class)")
-    g.add_argument("--labels", type=Path, help="labels CSV (default DATA/labels.csv)")
-    g.add_argument("--id-col", help="id column of the labels CSV")
-    g.add_argument("--label-col", help="label column of the labels CSV")
-    g.add_argument("--img-size", type=int, help="embedding input size in px (default: the weights' own size; on Head "
-                   "CT, Lite0 at 320 px beat 224 px)")
-    g.add_argument("--resize", choices=["pad", "squash"], default="pad", help="pad (keep aspect ratio) or squash")
-    g.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True,
-                   help="crop the black border around the head first (default on)")
+    add_data_arguments(p, "embedding input size in px (default: the weights' own size; on Head CT, Lite0 at 320 px "
+                          "beat 224 px)", folds=False)
     m = p.add_argument_group("model and embeddings")
     m.add_argument("--arch", default=c.arch, help=f"backbone (default {c.arch}); any torchvision or timm name")
     m.add_argument("--weights", default=c.weights, help="imagenet (default), none (random init), or a PATH")
@@ -485,24 +488,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "use the mean (and spread) of all images' embeddings, no labels (transductive); l2 uses "
                         "none")
     e = p.add_argument_group("episodes and methods")
-    e.add_argument("--shots", type=_int_list, default=c.shots, help="labelled images per class, e.g. 1,5,10,20")
+    e.add_argument("--shots", type=comma_list(int), default=c.shots, help="labelled images per class, e.g. 1,5,10,20")
     e.add_argument("--episodes", type=int, default=c.episodes, help="episodes per k for proto, linear, knn")
-    e.add_argument("--method", "--methods", dest="methods", type=_str_list, default=c.methods,
+    e.add_argument("--method", "--methods", dest="methods", type=comma_list(), default=c.methods,
                    help="comma-separated: proto, linear, knn, labelprop (transductive: uses the unlabelled query "
                         "images), finetune (default proto,linear,knn,labelprop)")
     e.add_argument("--C", type=float, default=c.C, help="linear probe: inverse L2 penalty (fixed)")
     e.add_argument("--knn-k", type=int, default=c.knn_k, help="knn: neighbours (at most the shots per class)")
     e.add_argument("--seed", type=int, default=c.seed, help="draws of the episodes (and random init)")
-    f = p.add_argument_group("fine-tuning (costly: every episode trains a network)")
+    f = add_finetune_arguments(p, "fine-tuning (costly: every episode trains a network)", c.finetune_img_size)
     f.add_argument("--finetune-episodes", type=int, default=c.finetune_episodes, help="episodes per k for finetune")
-    f.add_argument("--finetune-img-size", type=int, default=c.finetune_img_size,
-                   help=f"input size for fine-tuning (default {c.finetune_img_size}; 0: the embedding size)")
-    f.add_argument("--epochs", type=int, default=t.epochs, help="fine-tuning epochs")
-    f.add_argument("--lr", type=float, default=t.lr, help="fine-tuning learning rate")
-    f.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default=t.optimizer)
-    f.add_argument("--schedule", choices=["step", "cosine", "onecycle", "constant"], default=t.schedule)
-    f.add_argument("--weight-decay", type=float, default=t.weight_decay)
-    f.add_argument("--augment", choices=["none", "flip", "affine"], default=t.augment)
     r = p.add_argument_group("run")
     r.add_argument("--device", default=c.device, help="auto (default), cpu or cuda")
     r.add_argument("--out", type=Path, default=c.out, help="output folder (default runs/fewshot)")
@@ -511,14 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> FewShotConfig:
-    data = DataConfig(data=args.data, labels=args.labels, id_col=args.id_col, label_col=args.label_col,
-                      img_size=args.img_size, resize=args.resize, crop=args.crop)
-    finetune = TrainConfig(**{**to_dict(FINETUNE_DEFAULTS), "epochs": args.epochs, "lr": args.lr,
-                              "optimizer": args.optimizer, "schedule": args.schedule,
-                              "weight_decay": args.weight_decay, "augment": args.augment})
-    return FewShotConfig(data=data, arch=args.arch, weights=args.weights, shots=args.shots, episodes=args.episodes,
+    return FewShotConfig(data=data_config_from_args(args), arch=args.arch, weights=args.weights, shots=args.shots, episodes=args.episodes,
                          finetune_episodes=args.finetune_episodes, methods=args.methods, pool=args.pool,
-                         flip=args.flip, normalize=args.normalize, C=args.C, knn_k=args.knn_k, finetune=finetune,
+                         flip=args.flip, normalize=args.normalize, C=args.C, knn_k=args.knn_k,
+                         finetune=finetune_config_from_args(args),
                          finetune_img_size=args.finetune_img_size or None, seed=args.seed, device=args.device,
                          out=args.out)
 
