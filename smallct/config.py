@@ -66,6 +66,7 @@ class CVConfig:
     out: Path = Path("runs/cv")
     workers: int = 0  # decoding processes; 0 = every core
     params_source: str | None = None  # where tuned settings came from (recorded in results.json)
+    test_curves: bool = True  # evaluate the test fold after every epoch (curves.png; a tuner's pruner reads it)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 

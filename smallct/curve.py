@@ -35,9 +35,9 @@ from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 from smallct.config import DataConfig, TrainConfig, to_dict
-from smallct.cv import add_data_arguments, comma_list, data_config_from_args, load_data
+from smallct.cv import add_data_arguments, comma_list, data_config_from_args, fmt_duration, load_data
 from smallct.embeddings import POOLINGS, load_embeddings
-from smallct.fewshot import (FINETUNE_DEFAULTS, METRICS, NORMALIZATIONS, FewShotConfig, _fmt_duration,
+from smallct.fewshot import (FINETUNE_DEFAULTS, METRICS, NORMALIZATIONS, FewShotConfig,
                              add_finetune_arguments, finetune_config_from_args, finetune_fit_seconds,
                              finetune_predict, finetune_seconds_per_image, format_summary, interval_plot,
                              linear_probe, normalize_embeddings, summarize_episodes)
@@ -166,13 +166,13 @@ def run_curve(cfg: CurveConfig, dataset: Dataset | None = None, progress: bool =
             seconds = sum(finetune_fit_seconds(per_image, cfg.finetune, len(sub), len(test))
                           for _, _, _, sub, test in splits)
             log(f"fine-tuning ({w}): {len(splits)} fits at {ft_size} px, {cfg.finetune.epochs} epochs each; "
-                f"estimated duration: about {_fmt_duration(seconds)} on {device.type}")
+                f"estimated duration: about {fmt_duration(seconds)} on {device.type}")
             start = time.perf_counter()
             for n, r, k, sub, test in tqdm(splits, desc=f"fine-tuning ({w})", disable=not progress, leave=False):
                 P = finetune_predict(cfg.arch, source, images, labels, sub, test, n_classes, cfg.finetune,
                                      seed=cfg.seed * 10007 + n * 101 + r * 10 + k, device=device)
                 rows.append(_fit_row(w, "finetune", n, r, k, labels[test], P, len(sub)))
-            log(f"fine-tuning ({w}) took {_fmt_duration(time.perf_counter() - start)}")
+            log(f"fine-tuning ({w}) took {fmt_duration(time.perf_counter() - start)}")
 
     per_fit = pd.DataFrame(rows)
     summary = summarize_episodes(per_fit, ["weights", "method", "n"])

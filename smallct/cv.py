@@ -8,7 +8,8 @@ tuning, comparison and the notebooks:
 ``folds/``        one JSON per finished fold (probabilities, history, metrics): resume skips these
 ``checkpoints/``  one ``r{repeat}_f{fold}.pt`` per fold: ``{"model": state_dict, ...run facts}``
 ``oof.csv``       out-of-fold predictions: id, label, prob, pred, fold, repeat
-``history.csv``   per-epoch train and test-fold loss/accuracy, with ``curves.png``
+``history.csv``   per-epoch train and test-fold loss/accuracy (test-fold columns unless ``--no-test-curves``),
+                  with ``curves.png``
 ``results.json``  per-fold metrics, mean and std over folds, pooled out-of-fold metrics with 95% CI
 ``roc.png``, ``confusion.png``
 """
@@ -88,8 +89,10 @@ def _versions() -> dict:
     return out
 
 
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+def atomic_json(path: Path, obj) -> None:
+    """Write ``obj`` as JSON through a temporary file, so that a reader never sees half a file."""
+    # several processes (tuning workers) may write the same report: each through its own temporary file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=float))
     os.replace(tmp, path)
 
@@ -118,7 +121,7 @@ def build_run_record(cfg: CVConfig, dataset: Dataset, source: WeightSource, img_
     }
 
 
-def _check_resume(out: Path, record: dict) -> bool:
+def check_resume(out: Path, record: dict) -> bool:
     """True when ``out`` holds the same run (resume it); ``ValueError`` when it holds another."""
     path = out / "run.json"
     if not path.is_file():
@@ -143,12 +146,15 @@ def estimate_seconds(model, images, labels, cfg: CVConfig, source, task, device,
     y = torch.as_tensor(labels[: cfg.train.batch_size])
     per_image = time_training_step(model, images[: cfg.train.batch_size], y, cfg.train, source.mean, source.std,
                                    task, device)
-    # evaluation (forward only, about a third of a training step) of the test fold each epoch, with TTA
-    per_fit = per_image * cfg.train.epochs * (n_train + n_test * (1 + cfg.train.tta) / 3)
+    # evaluation (forward only, about a third of a training step) of the test fold: after every epoch for the
+    # curves, and once at the end, with TTA
+    evaluations = (cfg.train.epochs if cfg.test_curves else 0) + 1 + cfg.train.tta
+    per_fit = per_image * (cfg.train.epochs * n_train + evaluations * n_test / 3)
     return per_fit * n_fits, 1.0 / per_image
 
 
-def _fmt_duration(seconds: float) -> str:
+def fmt_duration(seconds: float) -> str:
+    """A duration for people: ``42 s``, ``12 min``, ``3.5 h``."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
@@ -156,12 +162,23 @@ def _fmt_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def make_folds(cfg: CVConfig, dataset: Dataset, progress: bool = True, log=print) -> tuple[np.ndarray, dict]:
+    """The test-fold assignment (repeats, N) of a run, near-duplicates kept together, and the pairs linked."""
+    groups, similar = near_duplicate_groups(dataset, cfg.data.group_similar, cfg.data.resize, cfg.data.crop,
+                                            cfg.workers, progress, log)
+    folds = fold_assignment(dataset.labels, cfg.folds, cfg.repeats, cfg.seed, groups)
+    return folds, {"threshold": cfg.data.group_similar,
+                   "pairs": [[dataset.ids[i], dataset.ids[j], round(c, 4)] for i, j, c in similar]}
+
+
 def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True, log=print,
-           on_epoch=None, estimate: bool = True) -> CVResult:
+           on_epoch=None, estimate: bool = True, images: torch.Tensor | None = None) -> CVResult:
     """Run (or resume) a cross-validation and write the run folder ``cfg.out``.
 
     ``on_epoch(repeat, fold, record)`` is called after every epoch (a tuner reports to its pruner
     there). ``estimate=False`` skips the timed steps of the duration estimate (a tuner's trials).
+    ``images`` (N, 3, S, S) uint8 are ``dataset``'s images already decoded as ``cfg.data`` says
+    (smallct.nested passes slices of its own); by default they are decoded (and cached) here.
     Returns a :class:`CVResult`.
     """
     source = resolve_weights(cfg.arch, cfg.weights)  # before any work: no weights, no run
@@ -170,20 +187,22 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
         raise ValueError(f"--task {cfg.task}: the data ({dataset.source}) is a {dataset.task} task")
     device = resolve_device(cfg.device)
     img_size = cfg.data.img_size or source.input_size
-    images = load_images(dataset.files, img_size, cfg.data.resize, cfg.data.crop, workers=cfg.workers,
-                         progress=progress)
-    groups, similar = near_duplicate_groups(dataset, cfg.data.group_similar, cfg.data.resize, cfg.data.crop,
-                                            cfg.workers, progress, log)
-    folds = fold_assignment(dataset.labels, cfg.folds, cfg.repeats, cfg.seed, groups)
+    if images is None:
+        images = load_images(dataset.files, img_size, cfg.data.resize, cfg.data.crop, workers=cfg.workers,
+                             progress=progress)
+    elif tuple(images.shape) != (len(dataset), 3, img_size, img_size):
+        raise ValueError(f"images: shape {tuple(images.shape)}, expected {(len(dataset), 3, img_size, img_size)}")
+    folds, similar = make_folds(cfg, dataset, progress, log)
     out = Path(cfg.out)
     record = build_run_record(cfg, dataset, source, img_size, folds)
-    record["similar_images"] = {"threshold": cfg.data.group_similar,
-                                "pairs": [[dataset.ids[i], dataset.ids[j], round(c, 4)] for i, j, c in similar]}
-    resuming = _check_resume(out, record)
+    record["similar_images"] = similar
+    if (out / "nested.json").is_file():  # its results.json and oof.csv carry more than a cv run's
+        raise ValueError(f"{out}: holds a smallct.nested run; use another --out")
+    resuming = check_resume(out, record)
     (out / "folds").mkdir(parents=True, exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
     if not resuming:
-        _atomic_json(out / "run.json", record)
+        atomic_json(out / "run.json", record)
     labels = torch.as_tensor(dataset.labels)
     todo = [(r, k) for r in range(cfg.repeats) for k in range(cfg.folds)
             if not (out / "folds" / f"{_fold_name(r, k)}.json").is_file()]
@@ -200,7 +219,7 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
         n_test = len(dataset) / cfg.folds
         seconds, rate = estimate_seconds(model, images, dataset.labels, cfg, source, dataset.task, device,
                                          len(dataset) - n_test, n_test, len(todo))
-        log(f"estimated duration: about {_fmt_duration(seconds)} ({rate:.1f} training images/s on {device.type})")
+        log(f"estimated duration: about {fmt_duration(seconds)} ({rate:.1f} training images/s on {device.type})")
         if device.type == "cpu" and (seconds > 1800 or cfg.arch.startswith(LARGE_ON_CPU)):
             log(f"note: {cfg.arch} is slow on a CPU ({rate:.1f} images/s here); for a quick answer use a smaller "
                 "architecture (--arch resnet18 or tf_efficientnet_lite0), a smaller --img-size, or a GPU.")
@@ -210,33 +229,45 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
     for r, k in todo:
         test = np.flatnonzero(folds[r] == k)
         train = np.flatnonzero(folds[r] != k)
-        _run_fold(cfg, dataset, source, images, labels, r, k, train, test, device, img_size, out, progress,
-                  on_epoch)
+        train_fold(cfg, dataset, source, images, labels, r, k, train, test, device, img_size, out, progress,
+                   on_epoch)
     return finish_run(out, dataset, cfg, log=log, seconds=time.perf_counter() - start)
 
 
-def _run_fold(cfg, dataset, source, images, labels, r, k, train, test, device, img_size, out, progress, on_epoch):
+def train_fold(cfg, dataset, source, images, labels, r, k, train, test, device, img_size, out, progress, on_epoch,
+               extra: dict | None = None) -> None:
+    """Fit one fold model on ``train``, predict ``test``; write its checkpoint and ``folds/r{r}_f{k}.json``.
+
+    ``extra`` is recorded in the fold file too (smallct.nested: the chosen settings and threshold).
+    The fold file is written last: its presence means the fold is done.
+    """
     fold_seed = cfg.seed * 1000 + r * 100 + k
     torch.manual_seed(fold_seed)
     model = create_model(cfg.arch, len(dataset.class_names), source)
     start = time.perf_counter()
     callback = None if on_epoch is None else (lambda rec: on_epoch(r, k, rec))
     history = fit(model, images[train], labels[train], cfg.train, source.mean, source.std, dataset.task,
-                  seed=fold_seed, device=device, val=(images[test], labels[test]), on_epoch=callback,
+                  seed=fold_seed, device=device, val=(images[test], labels[test]) if cfg.test_curves else None,
+                  on_epoch=callback,
                   desc=f"repeat {r + 1}/{cfg.repeats} fold {k + 1}/{cfg.folds}", progress=progress)
     probs = predict_proba(model, images[test], source.mean, source.std, dataset.task, cfg.train.tta,
                           device=device, amp=cfg.train.amp)
-    y = dataset.labels[test]
-    metrics = classification_metrics(y, probs) if dataset.task != "multilabel" else _multilabel_metrics(y, probs)
-    name = _fold_name(r, k)
     torch.save({"model": {k_: v.cpu() for k_, v in model.state_dict().items()}, "arch": cfg.arch,
                 "num_outputs": len(dataset.class_names), "task": dataset.task, "class_names": dataset.class_names,
-                "repeat": r, "fold": k, "img_size": img_size, "mean": list(source.mean), "std": list(source.std)},
-               out / "checkpoints" / f"{name}.pt")
-    _atomic_json(out / "folds" / f"{name}.json", {
+                "repeat": r, "fold": k, "img_size": img_size, "resize": cfg.data.resize, "crop": cfg.data.crop,
+                "mean": list(source.mean), "std": list(source.std)},
+               out / "checkpoints" / f"{_fold_name(r, k)}.pt")
+    write_fold(out, dataset, r, k, test, probs, history, time.perf_counter() - start, extra)
+
+
+def write_fold(out: Path, dataset: Dataset, r: int, k: int, test: np.ndarray, probs: np.ndarray,
+               history: list[dict], seconds: float, extra: dict | None = None) -> None:
+    """``folds/r{r}_f{k}.json``: the test fold's probabilities (n_test, C), metrics and training history."""
+    y = dataset.labels[test]
+    metrics = classification_metrics(y, probs) if dataset.task != "multilabel" else _multilabel_metrics(y, probs)
+    atomic_json(out / "folds" / f"{_fold_name(r, k)}.json", {
         "repeat": r, "fold": k, "test_index": test.tolist(), "ids": [dataset.ids[i] for i in test],
-        "probs": probs.tolist(), "history": history, "metrics": metrics,
-        "seconds": time.perf_counter() - start})
+        "probs": probs.tolist(), "history": history, "metrics": metrics, "seconds": seconds, **(extra or {})})
 
 
 def _multilabel_metrics(y: np.ndarray, P: np.ndarray) -> dict:
@@ -278,7 +309,7 @@ def finish_run(out: Path, dataset: Dataset, cfg: CVConfig, log=print, seconds: f
     results = aggregate_results(folds, dataset, cfg)
     results["seconds_this_session"] = seconds
     results["seconds_all_folds"] = float(sum(f["seconds"] for f in folds))
-    _atomic_json(out / "results.json", results)
+    atomic_json(out / "results.json", results)
     if len(history):
         plots.curves_plot(history, out / "curves.png")
     if not multilabel:
@@ -447,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default=c.device, help="auto (default), cpu or cuda")
     v.add_argument("--workers", type=int, default=c.workers, help="decoding processes (0: every core)")
     v.add_argument("--out", type=Path, default=c.out, help="run folder (default runs/cv); same --out resumes")
+    v.add_argument("--test-curves", action=argparse.BooleanOptionalAction, default=c.test_curves,
+                   help="evaluate the test fold after every epoch for curves.png (default on; --no-test-curves "
+                        "saves that time, about 10%%)")
     v.add_argument("--no-progress", action="store_true", help="no progress bars")
     v.add_argument("--params", type=Path,
                    help="JSON of settings (e.g. best_params.json of smallct.tune) or a recipe name (lite0_finetune): "
@@ -505,7 +539,8 @@ def config_from_args(args: argparse.Namespace) -> CVConfig:
                         compile=args.compile)
     return CVConfig(arch=args.arch, weights=args.weights, task=args.task, folds=args.folds,
                     repeats=args.repeats, seed=args.seed, device=args.device, out=args.out, workers=args.workers,
-                    params_source=getattr(args, "params_source", None), data=data, train=train)
+                    params_source=getattr(args, "params_source", None), test_curves=args.test_curves, data=data,
+                    train=train)
 
 
 def main(argv: list[str] | None = None) -> int:

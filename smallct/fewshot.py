@@ -50,7 +50,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from smallct.config import DataConfig, TrainConfig, to_dict
-from smallct.cv import add_data_arguments, comma_list, data_config_from_args, load_data
+from smallct.cv import add_data_arguments, comma_list, data_config_from_args, fmt_duration, load_data
 from smallct.embeddings import POOLINGS, load_embeddings
 from smallct.labels import Dataset
 from smallct.metrics import classification_metrics
@@ -312,14 +312,6 @@ class FewShotResult:
     episodes: pd.DataFrame
 
 
-def _fmt_duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def check_methods(methods: list[str]) -> None:
     known = [*EMBEDDING_METHODS, "finetune"]
     bad = [m for m in methods if m not in known]
@@ -378,7 +370,7 @@ def run_fewshot(cfg: FewShotConfig, dataset: Dataset | None = None, progress: bo
         seconds = cfg.finetune_episodes * sum(finetune_fit_seconds(per_image, cfg.finetune, k * n_classes,
                                                                    len(labels) - k * n_classes) for k in cfg.shots)
         log(f"fine-tuning: {cfg.finetune_episodes} episodes per k at {ft_size} px, {cfg.finetune.epochs} epochs "
-            f"each; estimated duration: about {_fmt_duration(seconds)} on {device.type}")
+            f"each; estimated duration: about {fmt_duration(seconds)} on {device.type}")
         todo = [(k, e) for k in cfg.shots for e in range(cfg.finetune_episodes)]
         start = time.perf_counter()
         for k, e in tqdm(todo, desc="fine-tuning episodes", disable=not progress, leave=False):
@@ -386,7 +378,7 @@ def run_fewshot(cfg: FewShotConfig, dataset: Dataset | None = None, progress: bo
             P = finetune_predict(cfg.arch, source, images, labels, support, query, n_classes, cfg.finetune,
                                  seed=cfg.seed * 100003 + k * 1009 + e, device=device)
             rows.append(_episode_row("finetune", k, e, labels[query], P))
-        log(f"fine-tuning took {_fmt_duration(time.perf_counter() - start)}")
+        log(f"fine-tuning took {fmt_duration(time.perf_counter() - start)}")
 
     episodes = pd.DataFrame(rows)
     summary = summarize_episodes(episodes, ["method", "shots"])

@@ -1,7 +1,8 @@
 """Metrics of out-of-fold predictions, with the intervals small data needs.
 
-Binary metrics use the positive-class probability and a fixed threshold of 0.5 (never one chosen
-on a test fold). :func:`bootstrap_ci` resamples images with replacement (percentile interval).
+Binary metrics use the positive-class probability and a threshold of 0.5 unless told otherwise; a
+threshold is never chosen on a test fold (:func:`choose_threshold` serves inner folds, in
+smallct.nested). :func:`bootstrap_ci` resamples images with replacement (percentile interval).
 """
 
 from __future__ import annotations
@@ -52,6 +53,30 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict
         "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
         "log_loss": float(-np.mean(np.where(y == 1, np.log(pc), np.log(1 - pc)))),
     }
+
+
+def choose_threshold(y: np.ndarray, p: np.ndarray, metric: str = "accuracy") -> float:
+    """The decision threshold on ``p`` (probability of class 1) with the best ``metric`` on ``(y, p)``.
+
+    ``metric`` is ``accuracy`` or ``balanced_accuracy`` (which an imbalanced set needs: accuracy may
+    then call everything the majority class). Candidates are 0.5, the midpoints between consecutive
+    distinct probabilities, and cuts just below the lowest and above the highest; among equally good
+    ones the closest to 0.5 wins, so a tie never moves the threshold for nothing. Meant for
+    predictions that are *not* a test fold's (smallct.nested gives it inner out-of-fold ones).
+    """
+    if metric not in ("accuracy", "balanced_accuracy"):
+        raise ValueError(f"threshold metric {metric!r}: choose accuracy or balanced_accuracy")
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=float)
+    values = np.unique(p)
+    candidates = np.concatenate([[0.5], (values[1:] + values[:-1]) / 2, [values[0] - 1e-9, values[-1] + 1e-9]])
+    right = (p[None, :] >= candidates[:, None]) == y[None, :]
+    if metric == "accuracy":
+        score = right.mean(1)
+    else:  # mean of the per-class recalls (a class absent from y is left out)
+        score = np.mean([right[:, y == c].mean(1) for c in (0, 1) if (y == c).any()], axis=0)
+    best = np.flatnonzero(score >= score.max() - 1e-12)
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
 
 
 def multiclass_metrics(y: np.ndarray, P: np.ndarray) -> dict[str, float]:

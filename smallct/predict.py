@@ -127,6 +127,11 @@ def load_models(run: Run, checkpoints: Sequence[Checkpoint], device: torch.devic
         if info["arch"] != run.arch or info.get("img_size", run.input["img_size"]) != run.input["img_size"]:
             raise ValueError(f"{ckpt.path}: a {info['arch']} model for {info.get('img_size')} px, but run.json "
                              f"says {run.arch} at {run.input['img_size']} px")
+        # a nested run's fold models may come from candidates that prepare images differently
+        differ = [k for k in ("resize", "crop", "mean", "std") if k in info and info[k] != run.input.get(k)]
+        if differ:
+            raise ValueError(f"{ckpt.path}: its {', '.join(differ)} differ from run.json's input; apply this fold "
+                             "model with its own run (a nested run's inner/ folder) or choose other folds")
         models.append(model)
     return models
 

@@ -4,7 +4,8 @@ Each trial is one cross-validation (:func:`smallct.cv.run_cv`) with settings dra
 space; the objective is the cross-validated figure, the mean over folds of ``--metric`` (ROC AUC for
 binary and multi-class tasks, the RSNA weighted log loss for multi-label ones). The objective is
 computed on the same folds a later ``smallct.cv --params best_params.json`` reports, so that figure
-is optimistic (the standard, documented one); nested cross-validation would be the honest figure.
+is optimistic (the standard, documented one). :mod:`smallct.nested` makes a choice among settings files
+honest only for candidates fixed without these images: a study's best_params.json has seen every fold.
 
 Pruning. After every epoch the trial reports a running figure at step
 ``(repeat * folds + fold) * epochs + epoch``: the mean over the folds so far of each fold's per-epoch
@@ -70,7 +71,8 @@ CONDITIONS = {
 }
 
 # cv settings that describe the data, the machine or the run folder: never searched, never in best_params.json.
-NOT_SETTINGS = ("data", "labels", "id_col", "label_col", "out", "params", "no_progress", "device", "workers")
+NOT_SETTINGS = ("data", "labels", "id_col", "label_col", "out", "params", "no_progress", "device", "workers",
+                "test_curves")
 # settings that define the objective itself: fixed for a whole study.
 NOT_SEARCHABLE = NOT_SETTINGS + ("folds", "repeats", "seed", "task")
 FAILURES = (FloatingPointError, RuntimeError, MemoryError)  # NaN loss, CUDA out of memory, ...
@@ -286,13 +288,6 @@ def cv_settings(cfg: CVConfig) -> dict:
 # --- storage and study ------------------------------------------------------------------------------
 
 
-def _atomic_json(path: Path, obj) -> None:
-    # several workers may write the same report file: each through its own temporary file
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
-
-
 def _atomic_csv(path: Path, table: pd.DataFrame) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     table.to_csv(tmp, index=False)
@@ -434,7 +429,7 @@ def open_study(cfg: TuneConfig, dataset: Dataset, log=print) -> optuna.Study:
         if study.user_attrs.get("space") != json.loads(json.dumps(space)):
             log(f"note: the search space differs from the one study {cfg.study} started with")
     if not marker.is_file():
-        _atomic_json(marker, here)
+        cv.atomic_json(marker, here)
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if running and cfg.worker == 0:
         log(f"note: {len(running)} trials are running (other workers, or killed ones): give each worker its own "
@@ -491,7 +486,8 @@ def make_objective(cfg: TuneConfig, dataset: Dataset, space: dict, metric: str):
         params = suggest(trial, space, cfg.base)
         run = out / "trials" / str(trial.number)
         shutil.rmtree(run, ignore_errors=True)  # a number is used once per study: leftovers are stale
-        run_cfg = dataclasses.replace(with_settings(cfg.base, params), out=run)
+        # the pruner reads the test fold's figure after every epoch
+        run_cfg = dataclasses.replace(with_settings(cfg.base, params), out=run, test_curves=True)
         trial.set_user_attr("settings", cv_settings(run_cfg))
         trial.set_user_attr("worker", f"{socket.gethostname()}/{os.getpid()} (worker {cfg.worker})")
         reporter = EpochReporter(trial, METRICS[metric][1], run_cfg.folds, run_cfg.train.epochs)
@@ -604,7 +600,8 @@ def best_params_record(study: optuna.Study, cfg: TuneConfig, metric: str) -> dic
     storage = masked(cfg.storage or default_storage(cfg.base.out))
     note = (f"settings tuned by Optuna study {cfg.study} (trial {best.number}, {metric} "
             f"{best.value:.4f}) on the same data and folds, so a cross-validated figure with them is "
-            "optimistic; nested cross-validation would be the honest figure")
+            "optimistic; this study saw every image, so smallct.nested over this file does not make it honest "
+            "either (that would need the study inside each training part)")
     return {"_note": note, "_study": cfg.study, "_storage": storage, "_value": best.value, "_metric": metric,
             "_trial": best.number, "_searched": sorted(best.params), "_data": study.user_attrs.get("data_source"),
             **best.user_attrs.get("settings", best.params)}
@@ -652,7 +649,7 @@ def write_report(study: optuna.Study, cfg: TuneConfig, metric: str, log=print) -
     """best_params.json, top_trials.csv, trials.csv, summary.json and the plots under ``cfg.base.out``."""
     out = Path(cfg.base.out)
     summary = summarize(study)
-    _atomic_json(out / "summary.json", summary)
+    cv.atomic_json(out / "summary.json", summary)
     _atomic_csv(out / "trials.csv", study.trials_dataframe())
     failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
     for t in failed:
@@ -660,7 +657,7 @@ def write_report(study: optuna.Study, cfg: TuneConfig, metric: str, log=print) -
     if summary["complete"] == 0:
         log(f"no complete trial yet in study {cfg.study}: no best_params.json")
         return summary
-    _atomic_json(out / "best_params.json", best_params_record(study, cfg, metric))
+    cv.atomic_json(out / "best_params.json", best_params_record(study, cfg, metric))
     table = top_trials(study, cfg.top)
     _atomic_csv(out / "top_trials.csv", table)
     write_plots(study, out, log)

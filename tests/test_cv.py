@@ -135,3 +135,23 @@ def test_a_shipped_recipe_is_read_by_name_and_flags_still_win(tmp_path):
     assert "seed-1 folds" in cfg.params_source  # results.json says where the settings came from
     with pytest.raises(ValueError, match="no_such_recipe: no such settings file, nor a recipe .*lite0_finetune"):
         apply_params_file(build_parser(), ["--params", "no_such_recipe"])
+
+
+def test_no_test_curves_skips_the_per_epoch_test_evaluation_only(tmp_path, phantom_dir):
+    with_curves = run_cv(tiny_cfg(tmp_path / "a", phantom_dir, workers=1), progress=False, log=lambda *_: None)
+    without = run_cv(tiny_cfg(tmp_path / "b", phantom_dir, workers=1, test_curves=False), progress=False,
+                     log=lambda *_: None)
+    assert "val_loss" in with_curves.history and "val_loss" not in without.history
+    assert without.oof["prob"].to_numpy() == pytest.approx(with_curves.oof["prob"].to_numpy(), abs=1e-6)
+    assert (tmp_path / "b" / "curves.png").is_file()  # the training curves are still drawn
+
+
+def test_images_given_to_run_cv_must_match_the_data_and_size(tmp_path, phantom_dir):
+    from smallct.labels import load_dataset
+
+    dataset = load_dataset(phantom_dir)
+    wrong = torch.zeros((len(dataset), 3, 16, 16), dtype=torch.uint8)  # decoded at 16 px, the run wants 32
+    with pytest.raises(ValueError, match=r"images: shape \(40, 3, 16, 16\), expected \(40, 3, 32, 32\)"):
+        run_cv(tiny_cfg(tmp_path / "run", phantom_dir), dataset=dataset, images=wrong, progress=False,
+               log=lambda *_: None)
+    assert not (tmp_path / "run").exists()  # refused before anything is written

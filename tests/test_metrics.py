@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from smallct.metrics import binary_metrics, bootstrap_ci, multiclass_metrics, roc_auc, summarize_folds
+from smallct.metrics import (binary_metrics, bootstrap_ci, choose_threshold, multiclass_metrics, roc_auc,
+                             summarize_folds)
 
 
 @pytest.fixture
@@ -64,3 +65,33 @@ def test_bootstrap_interval_covers_the_estimate_and_narrows_with_n():
 def test_summarize_folds():
     s = summarize_folds([{"accuracy": 0.8}, {"accuracy": 0.9}, {"accuracy": 1.0}])
     assert s["accuracy"]["mean"] == pytest.approx(0.9) and s["accuracy"]["std"] == pytest.approx(0.1)
+
+
+def test_choose_threshold_picks_the_most_accurate_cut_and_prefers_one_near_half():
+    # separable below 0.5: any cut in (0.2, 0.3] is perfect; the midpoint 0.25 is the candidate nearest 0.5
+    assert choose_threshold(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == pytest.approx(0.25)
+    # 0.5 is already perfect: it stays, although other cuts tie
+    assert choose_threshold(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])) == 0.5
+    # noisy scores: as accurate as the best cut found by brute force over a fine grid
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    p = np.clip(0.35 + 0.3 * y + rng.normal(0, 0.2, 300), 0, 1)
+    t = choose_threshold(y, p)
+    grid = np.linspace(0, 1, 2001)
+    best = max(((p >= g) == y).mean() for g in grid)
+    assert ((p >= t) == y).mean() == pytest.approx(best)
+    assert t != 0.5 and ((p >= 0.5) == y).mean() < best
+
+
+def test_choose_threshold_by_balanced_accuracy_keeps_the_minority_class():
+    # 2 positives among 10: by accuracy 0.5 (every image negative, 0.8) ties with the cut below 0.33 and stays;
+    # by balanced accuracy that cut wins: both positives caught at the cost of two negatives
+    y = np.array([0] * 8 + [1] * 2)
+    p = np.array([0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.36, 0.4, 0.33, 0.34])
+    t_acc = choose_threshold(y, p)
+    t_bal = choose_threshold(y, p, "balanced_accuracy")
+    assert t_acc == 0.5 and ((p >= t_acc) == y).mean() == 0.8
+    assert t_bal == pytest.approx(0.315)
+    assert binary_metrics(y, p, t_bal)["balanced_accuracy"] > binary_metrics(y, p, t_acc)["balanced_accuracy"]
+    with pytest.raises(ValueError, match="choose accuracy or balanced_accuracy"):
+        choose_threshold(y, p, "f1")

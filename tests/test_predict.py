@@ -180,3 +180,14 @@ def test_rsna_submission_needs_image_ids():
     sub = P.rsna_submission(table, ["any", "epidural"])
     assert sub["ID"].tolist() == ["ID_0a1b_any", "ID_0a1b_epidural", "ID_ff_any", "ID_ff_epidural"]
     assert sub["Label"].tolist() == [0.1, 0.3, 0.2, 0.4]
+
+
+def test_a_fold_model_prepared_otherwise_than_run_json_is_refused(small_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(small_run, run_dir)
+    record = json.loads((run_dir / "run.json").read_text())
+    record["input"]["resize"] = "squash"  # as if the fold models came from a candidate that pads, run.json squashes
+    (run_dir / "run.json").write_text(json.dumps(record))
+    run = load_run(run_dir)
+    with pytest.raises(ValueError, match="resize differ from run.json"):
+        P.load_models(run, run.checkpoints)
