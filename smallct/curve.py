@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"embedding transform before the probe (default {c.normalize})")
     m.add_argument("--C", type=float, default=c.C, help="linear probe: inverse L2 penalty (fixed)")
     v = p.add_argument_group("sizes and validation")
-    v.add_argument("--sizes", type=comma_list(int), default=c.sizes, help="training images per fold, e.g. 10,20,40,80,160")
+    v.add_argument("--sizes", type=comma_list(int), default=c.sizes,
+                   help="training images per fold, e.g. 10,20,40,80,160")
     v.add_argument("--folds", type=int, default=c.folds)
     v.add_argument("--repeats", type=int, default=c.repeats, help="repeated CV (other fold draws)")
     v.add_argument("--seed", type=int, default=c.seed)
@@ -252,8 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> CurveConfig:
-    return CurveConfig(data=data_config_from_args(args), arch=args.arch, weights=args.weights, sizes=args.sizes, methods=args.methods,
-                       folds=args.folds, repeats=args.repeats, pool=args.pool, flip=args.flip,
+    return CurveConfig(data=data_config_from_args(args), arch=args.arch, weights=args.weights, sizes=args.sizes,
+                       methods=args.methods, folds=args.folds, repeats=args.repeats, pool=args.pool, flip=args.flip,
                        normalize=args.normalize, C=args.C, finetune=finetune_config_from_args(args),
                        finetune_img_size=args.finetune_img_size or None, seed=args.seed, device=args.device,
                        out=args.out)

@@ -498,9 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> FewShotConfig:
-    return FewShotConfig(data=data_config_from_args(args), arch=args.arch, weights=args.weights, shots=args.shots, episodes=args.episodes,
-                         finetune_episodes=args.finetune_episodes, methods=args.methods, pool=args.pool,
-                         flip=args.flip, normalize=args.normalize, C=args.C, knn_k=args.knn_k,
+    return FewShotConfig(data=data_config_from_args(args), arch=args.arch, weights=args.weights, shots=args.shots,
+                         episodes=args.episodes, finetune_episodes=args.finetune_episodes, methods=args.methods,
+                         pool=args.pool, flip=args.flip, normalize=args.normalize, C=args.C, knn_k=args.knn_k,
                          finetune=finetune_config_from_args(args),
                          finetune_img_size=args.finetune_img_size or None, seed=args.seed, device=args.device,
                          out=args.out)
