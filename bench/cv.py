@@ -4,7 +4,7 @@
     python bench/cv.py --epochs 4            # a shorter run (the table says so)
     python bench/cv.py --compile             # CUDA: torch.compile the training forward pass
 
-Runs ``smallct.cv.run_cv`` (random init, ``--weights none``: nothing to download) on the Head CT
+Runs ``smallct.engine.cv.run_cv`` (random init, ``--weights none``: nothing to download) on the Head CT
 set into a fresh run folder, timing the whole call: loading the decoded cache (built first, outside
 the timing, so the figure is the training itself), the duration estimate, every fold's training
 and evaluation, and the results. Also shows the run's own estimate, the sum of per-fold times and
@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
 import torch  # noqa: E402
 
-from smallct.cache import load_images  # noqa: E402
 from smallct.config import CVConfig, DataConfig, TrainConfig  # noqa: E402
-from smallct.cv import run_cv  # noqa: E402
-from smallct.labels import load_dataset  # noqa: E402
+from smallct.data import load_images  # noqa: E402
+from smallct.datasets import load_dataset  # noqa: E402
+from smallct.engine import run_cv  # noqa: E402
 
 DEFAULTS = {"cpu": ("resnet18", 128), "cuda": ("resnet152", 224)}
 

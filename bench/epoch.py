@@ -11,7 +11,7 @@ batch size, device and augmentation (flip + rotation/scale/shift), over every im
   PNG with PIL in ``__getitem__``, converts it to RGB and applies torchvision transforms (Resize,
   RandomHorizontalFlip, RandomAffine, ToTensor, Normalize); a ``DataLoader(shuffle=True)`` with 0,
   then 2 worker processes; float32 on the device, as the notebook had it.
-* ``smallct``: ``smallct.train.fit`` for one epoch on the decoded uint8 cache (already on the
+* ``smallct``: ``smallct.engine.train.fit`` for one epoch on the decoded uint8 cache (already on the
   device), batched augmentation there, channels_last; on CUDA bf16 autocast and cuDNN benchmark
   (which, once ``fit`` has set it, speeds the notebook rows' convolutions too: in their favour).
 * on CUDA also ``smallct, no amp`` (float32), which separates the pipeline's gain from mixed
@@ -45,13 +45,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
 
-from smallct.augment import augment, normalize  # noqa: E402
-from smallct.cache import load_images  # noqa: E402
 from smallct.config import TrainConfig  # noqa: E402
-from smallct.labels import load_dataset  # noqa: E402
-from smallct.models import create_model  # noqa: E402
-from smallct.train import fit, make_optimizer  # noqa: E402
-from smallct.weights import resolve_weights  # noqa: E402
+from smallct.data import augment, load_images, normalize  # noqa: E402
+from smallct.datasets import load_dataset  # noqa: E402
+from smallct.engine import fit, make_optimizer  # noqa: E402
+from smallct.models import create_model, resolve_weights  # noqa: E402
 
 
 class NotebookDataset(torch.utils.data.Dataset):

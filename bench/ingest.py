@@ -4,10 +4,10 @@
     python bench/ingest.py --passes 1 --dicom-slices 60   # quicker
 
 Rows (each on one core, in this process, and on all cores through a process pool, the way
-``smallct.cache.decode_all`` works; the all-core figure includes starting the pool):
+``smallct.data.cache.decode_all`` works; the all-core figure includes starting the pool):
 
 * ``png to_rgb_uint8``: open, decode and normalise a PNG to RGB uint8 (H, W, 3).
-* ``png prepare``: the same, then crop the black border and resize to ``--size`` px (what the cache holds).
+* ``png preprocess``: the same, then crop the black border and resize to ``--size`` px (what the cache holds).
 * ``dicom to_rgb``: read a DICOM slice, HU, three windows, crop, resize to ``--size`` px, over a
   synthetic set that mixes the encodings of ``smallct.synthetic_dicom`` (native int16 / uint12,
   RLE, JPEG 2000, JPEG Lossless); per encoding on one core.
@@ -31,17 +31,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
 
-from smallct import dicom  # noqa: E402
-from smallct.cache import default_workers  # noqa: E402
-from smallct.ingest import list_images, prepare, to_rgb_uint8  # noqa: E402
+from smallct.io import dicom, windows  # noqa: E402
+from smallct.io.images import list_images, preprocess, to_rgb_uint8  # noqa: E402
+from smallct.parallel import available_cores  # noqa: E402
 
 
 def _png_rgb(path: Path) -> int:
     return to_rgb_uint8(path).shape[0]
 
 
-def _png_prepare(job: tuple[Path, int]) -> int:
-    return prepare(job[0], job[1]).shape[0]
+def _png_preprocess(job: tuple[Path, int]) -> int:
+    return preprocess(job[0], job[1]).shape[0]
 
 
 def _dicom_rgb(job: tuple[Path, int]) -> int:
@@ -49,7 +49,7 @@ def _dicom_rgb(job: tuple[Path, int]) -> int:
 
 
 def _hu_window(hu: np.ndarray) -> int:
-    return dicom.hu_to_rgb(hu).shape[0]
+    return windows.hu_to_rgb(hu).shape[0]
 
 
 def rate(fn, jobs: list, workers: int) -> dict:
@@ -67,7 +67,7 @@ def rate(fn, jobs: list, workers: int) -> dict:
 
 def synthetic_dicom(folder: Path, slices: int, side: int) -> tuple[list[Path], dict[str, str]]:
     """Readable slices of a synthetic RSNA-like set (the deliberately truncated one left out) and their encodings."""
-    from smallct.synthetic_dicom import write_synthetic_rsna
+    from smallct.datasets.synthetic_dicom import write_synthetic_rsna
 
     info = write_synthetic_rsna(folder, n_patients=max(1, slices // 5), slices_per_series=5, seed=0, size=side)
     files = [f for f in info["files"] if f.stem != info["corrupt"]]
@@ -77,7 +77,7 @@ def synthetic_dicom(folder: Path, slices: int, side: int) -> tuple[list[Path], d
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/ingest.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=_report.default_data(), help="PNG folder (default: the Head CT set)")
-    p.add_argument("--size", type=int, default=128, help="output side in px of prepare / to_rgb (default 128)")
+    p.add_argument("--size", type=int, default=128, help="output side in px of preprocess / to_rgb (default 128)")
     p.add_argument("--passes", type=int, default=2, help="passes over the PNG folder per measurement (default 2)")
     p.add_argument("--dicom-slices", type=int, default=200, help="synthetic DICOM slices (default 200)")
     p.add_argument("--dicom-side", type=int, default=512, help="side of the synthetic slices in px (default 512)")
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     device = _report.pick_device()
     info = _report.machine(device)
-    cores = args.workers or default_workers()
+    cores = args.workers or available_cores()
     pngs = list_images(args.data)
     if not pngs:
         print(f"bench/ingest.py: error: {args.data}: no images", file=sys.stderr)
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"ingest benchmark: {len(pngs)} PNGs from {args.data}, {cores} cores", flush=True)
     measure("png to_rgb_uint8", _png_rgb, pngs * args.passes, "decode + normalise to RGB uint8, full size")
-    measure("png prepare", _png_prepare, [(f, args.size) for f in pngs] * args.passes,
+    measure("png preprocess", _png_preprocess, [(f, args.size) for f in pngs] * args.passes,
             f"+ crop + resize to {args.size} px (the cache's work)")
 
     per_encoding = {}

@@ -1,14 +1,38 @@
-"""Shared test fixtures: paths to the real data (never copied into the repo) and small generated sets."""
+"""Shared test fixtures: paths to the real data (never copied into the repo), small generated sets, one torch
+thread and a private cache for every test."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
+
+from smallct.config.run import CVConfig, DataConfig, TrainConfig
+from smallct.datasets.phantom import write_phantom_png_set
+from smallct.engine.cv import run_cv
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One intra-op torch thread for the whole session: the tests' models are tiny, and on a shared,
+    oversubscribed CPU two OpenMP threads spin and run 10-20x slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Every test session decodes into its own cache folder, never the user's."""
+    monkeypatch.setenv("SMALLCT_CACHE", str(tmp_path_factory.getbasetemp() / "smallct-cache"))
 
 
 def _data_path(env: str, default: Path) -> Path:
@@ -39,35 +63,42 @@ def rsna_sample_dir() -> Path:
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
     """A small synthetic phantom PNG set (40 images, mixed PNG modes, labels.csv like the Head CT set)."""
-    from smallct.phantom import write_phantom_png_set
-
     return write_phantom_png_set(tmp_path_factory.mktemp("phantom"), n=40, seed=0)
 
 
 @pytest.fixture(scope="session")
-def small_run(phantom_dir, tmp_path_factory) -> Path:
+def small_run(phantom_dir, tmp_path_factory, one_thread) -> Path:
     """A finished smallct.cv run folder on ``phantom_dir``: resnet18 from random init, 32 px, 2 folds,
     1 epoch, no TTA (applied by the tests of predict, explain and export)."""
-    import torch
-
-    from smallct.config import CVConfig, DataConfig, TrainConfig
-    from smallct.cv import run_cv
-
     out = tmp_path_factory.mktemp("small-run") / "run"
     cfg = CVConfig(arch="resnet18", weights="none", folds=2, seed=0, device="cpu", out=out, workers=1,
                    data=DataConfig(data=phantom_dir, img_size=32), train=TrainConfig(epochs=1, batch_size=8, tta=False))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # on a shared, oversubscribed CPU two OpenMP threads spin and run 10-20x slower
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("SMALLCT_CACHE", str(tmp_path_factory.getbasetemp() / "smallct-cache"))
-            run_cv(cfg, progress=False, log=lambda *a: None)
-    finally:
-        torch.set_num_threads(threads)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SMALLCT_CACHE", str(tmp_path_factory.getbasetemp() / "smallct-cache"))
+        run_cv(cfg, progress=False, log=lambda *a: None)
     return out
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
-    """Every test session decodes into its own cache folder, never the user's."""
-    monkeypatch.setenv("SMALLCT_CACHE", str(tmp_path_factory.getbasetemp() / "smallct-cache"))
+def write_easy_set(folder: Path, n: int = 40, seed: int = 0) -> Path:
+    """A PNG set any random network separates: class 0 dark noise, class 1 a bright disc on dark noise."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:48, :48]
+    rows = []
+    for i in range(n):
+        label = i % 2
+        img = rng.integers(0, 40, (48, 48)).astype(np.uint8)
+        if label:
+            cy, cx = rng.integers(16, 32, 2)
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < 100] = 230
+        img[0, 0] = 255  # keep the crop-to-body step from cropping to the disc
+        Image.fromarray(img).save(folder / f"{i:03d}.png")
+        rows.append(f"{i},{label}")
+    (folder / "labels.csv").write_text("id, hemorrhage\n" + "\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.fixture
+def easy_set(tmp_path) -> Path:
+    """:func:`write_easy_set` in this test's folder (used by the few-shot and learning-curve tests)."""
+    return write_easy_set(tmp_path / "easy")

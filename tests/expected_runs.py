@@ -89,7 +89,7 @@ def _run_commands(work: Path, head_ct: Path) -> dict[str, Path]:
     _cli("predict", ["--run", out["cv_head_ct"], "--data", *files, "--tta", "--workers", "1", "--out",
                      out["predict"], *quiet])
 
-    from smallct.synthetic_dicom import write_synthetic_rsna
+    from smallct.datasets.synthetic_dicom import write_synthetic_rsna
 
     raw = write_synthetic_rsna(work / "rsna_raw", n_patients=8, slices_per_series=4, size=64, seed=0)
     prepared = work / "rsna_prepared"
@@ -208,7 +208,8 @@ def differences(expected, actual, where: str = "", atol: float = 0.0) -> list[st
         return [d for k in expected for d in differences(expected[k], actual[k], f"{where}.{k}", atol)]
     if isinstance(expected, list):
         if not isinstance(actual, list) or len(expected) != len(actual):
-            return [f"{where}: length {len(expected)} expected, got {len(actual) if isinstance(actual, list) else actual}"]
+            got = len(actual) if isinstance(actual, list) else actual
+            return [f"{where}: length {len(expected)} expected, got {got}"]
         return [d for i, (e, a) in enumerate(zip(expected, actual)) for d in differences(e, a, f"{where}[{i}]", atol)]
     numbers = (int, float)
     if isinstance(expected, numbers) and isinstance(actual, numbers) and not isinstance(expected, bool):

@@ -30,8 +30,8 @@ def test_comparison_catches_a_moved_figure_or_fold():
     assert expected_runs.compare({"cv_head_ct.oof.csv": oof}, {"cv_head_ct.oof.csv": oof}, ATOL) == []
     moved = oof.copy()
     moved.loc[3, "prob"] += 0.05
-    assert expected_runs.compare({"x": moved}, {"x": oof}, ATOL) == [f"x.prob[3]: {oof.loc[3, 'prob']!r} expected, "
-                                                                    f"got {moved.loc[3, 'prob']!r}"]
+    before, after = float(oof.loc[3, "prob"]), float(moved.loc[3, "prob"])
+    assert expected_runs.compare({"x": moved}, {"x": oof}, ATOL) == [f"x.prob[3]: {before!r} expected, got {after!r}"]
     refolded = oof.copy()
     refolded.loc[0, "fold"] = (refolded.loc[0, "fold"] + 1) % 3
     assert expected_runs.compare({"x": refolded}, {"x": oof}, ATOL)  # an integer moves by 1 > ATOL

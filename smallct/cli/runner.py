@@ -1,0 +1,80 @@
+"""The one command runner: a command declares its flags and calls the library; errors have one path.
+
+Every command (``smallct cv ...`` or ``python -m smallct.cv ...``) is a :class:`Command`: ``add_arguments``
+declares its flags (mostly made from the config dataclasses, :mod:`smallct.cli.flags`), ``run`` builds the
+config and calls the library, ``kept`` says what an interrupted run keeps. :func:`execute` is the one
+error path: bad input (``ValueError``, a missing or unwritable file, a NaN loss) is one line and exit 2,
+never a traceback; Ctrl-C says what was kept and how to resume, exit 130.
+
+Commands import the library inside ``run``: ``--help`` then answers without loading torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class Command:
+    """One command: its name, its flags, its call of the library."""
+
+    name: str = ""
+    help: str = ""  # one line, in ``smallct --help``
+    description: str = ""
+    epilog: str | None = None
+    progress: bool = True  # long work: a --no-progress flag
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        raise NotImplementedError
+
+    def run(self, args: argparse.Namespace) -> int | None:
+        raise NotImplementedError
+
+    def kept(self, args: argparse.Namespace) -> str:
+        """What an interrupted run keeps, and how to go on."""
+        return "nothing was written; run the same command again"
+
+
+def configure(parser: argparse.ArgumentParser, command: Command) -> argparse.ArgumentParser:
+    parser.description = command.description or command.help
+    parser.epilog = command.epilog
+    command.add_arguments(parser)
+    if command.progress:
+        parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def command_parser(command: Command, prog: str) -> argparse.ArgumentParser:
+    """The parser of one command under ``prog`` (``python -m smallct.cv`` or ``smallct cv``)."""
+    return configure(argparse.ArgumentParser(prog=prog), command)
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return " ".join(text.split())
+
+
+def execute(command: Command, args: argparse.Namespace, label: str) -> int:
+    """Run ``command`` with parsed ``args``; ``label`` names it in messages (``smallct.cv``)."""
+    try:
+        return command.run(args) or 0
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {command.kept(args)}", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, FloatingPointError) as err:  # bad input, a file, a NaN loss: one line each
+        print(f"{label}: error: {one_line(err)}", file=sys.stderr)
+        return 2
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` (default: the process's arguments); ``args.argv`` keeps them (tune's workers repeat them)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    return args
+
+
+def run_module(command: Command, argv: list[str] | None = None) -> int:
+    """``python -m smallct.<name> ARGV``: parse and run one command (its messages say ``smallct.<name>``)."""
+    args = parse(command_parser(command, f"python -m smallct.{command.name}"), argv)
+    return execute(command, args, f"smallct.{command.name}")

@@ -1,0 +1,131 @@
+"""Typed settings of a cross-validation run: the images (:class:`DataConfig`), one fit
+(:class:`TrainConfig`) and the whole run (:class:`CVConfig`).
+
+Each field is declared once, with its default and the help text of its command-line flag
+(:func:`option`); the flags of every command, their choices and the settings files are made from
+these fields (:mod:`smallct.config.schema`). Every field is saved in ``run.json`` so that a run can
+be rebuilt, resumed and applied to new images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Task = Literal["binary", "multiclass", "multilabel"]
+Resize = Literal["pad", "squash"]
+Optimizer = Literal["sgd", "adam", "adamw"]
+Schedule = Literal["step", "cosine", "onecycle", "constant"]
+Augment = Literal["none", "flip", "affine"]
+
+# Pearson correlation of 64 px grey thumbnails at which two images count as near-duplicates and are kept in
+# one fold (smallct.data.similar). On the Head CT set it links 49 pairs.
+GROUP_SIMILAR = 0.92
+
+
+def option(default: Any = None, help: str = "", *, factory=None, **flag) -> Any:
+    """A config field: its default, the help text of its flag and the flag's own facts.
+
+    ``flag`` may hold ``flag`` (the flag's name(s) when not ``--field-name``), ``metavar``,
+    ``zero_is_none`` (0 on the command line or in a file means None), ``cli=False`` (no flag) and
+    ``file=False`` (not accepted in a settings file).
+    """
+    metadata = {"help": help, **flag}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class DataConfig:
+    """Where the images and labels are, and how images become tensors."""
+
+    data: Path | None = option(None, "image folder (with labels.csv, or one sub-folder per class); without it, a "
+                                     "generated synthetic head-CT phantom set (no download)", file=False)
+    labels: Path | None = option(None, "labels CSV (default DATA/labels.csv)")
+    id_col: str | None = option(None, "id column of the labels CSV (default: 'id' or the first column)")
+    label_col: str | None = option(None, "label column of the labels CSV (default: the other column)")
+    img_size: int | None = option(None, "square input size in px (default: the weights' own input size)")
+    resize: Resize = option("pad", "pad: keep the aspect ratio, pad with black; squash: stretch")
+    crop: bool = option(True, "crop the black border around the head first")
+    phantom_n: int = option(200, "images in the synthetic phantom set used without --data")
+    group_similar: float | None = option(
+        GROUP_SIMILAR, "keep images whose 64 px thumbnails correlate >= CORR in one fold (near-duplicates, "
+                       "neighbouring slices of one patient; 0 turns it off)", metavar="CORR", zero_is_none=True)
+
+
+@dataclass
+class TrainConfig:
+    """One fit of one model: optimiser, schedule, augmentation."""
+
+    epochs: int = option(20, "training epochs")
+    batch_size: int = option(32, "images per training step")
+    optimizer: Optimizer = option("adamw", "optimiser")
+    lr: float = option(1e-3, "learning rate (of the head; the backbone's is lr x --backbone-lr-mult)")
+    momentum: float = option(0.9, "SGD momentum (Nesterov)")
+    weight_decay: float = option(0.05, "weight decay")
+    schedule: Schedule = option("cosine", "learning-rate schedule")
+    step_size: int = option(7, "StepLR: epochs between decays")
+    gamma: float = option(0.1, "StepLR: decay factor")
+    warmup_epochs: int = option(1, "cosine: epochs of linear warm-up")
+    freeze_epochs: int = option(0, "train only the head for this many epochs, then all layers")
+    backbone_lr_mult: float = option(1.0, "backbone learning rate = lr x this (discriminative learning rates)")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss")
+    augment: Augment = option("affine", "batched augmentation: flips, or flips + rotation, scale and shift")
+    tta: bool = option(True, "average with the left-right mirror at evaluation")
+    amp: bool = option(True, "mixed precision on CUDA (ignored on CPU)")
+    compile: bool = option(False, "torch.compile the model for training on CUDA (faster epochs after a compile of "
+                                  "about a minute; ignored on CPU)")
+
+
+@dataclass
+class CVConfig:
+    """A whole cross-validation run."""
+
+    arch: str = option("resnet18", "resnet18..resnet152, any torchvision or timm model name")
+    weights: str = option("imagenet", "imagenet, none (random initialisation) or a PATH to a state dict")
+    task: Task | None = option(None, "default: from the data (multilabel for a prepared RSNA folder)")
+    folds: int = option(5, "cross-validation folds")
+    repeats: int = option(1, "repeats of the cross-validation (other fold draws)")
+    seed: int = option(0, "seed of the folds, the initialisation and the augmentation")
+    device: str = option("auto", "auto, cpu or cuda")
+    out: Path = option(Path("runs/cv"), "run folder; the same --out resumes", file=False)
+    workers: int = option(0, "decoding processes (0: every core)")
+    params_source: str | None = option(None, "where tuned settings came from (recorded in results.json)",
+                                       cli=False, file=False)
+    test_curves: bool = option(True, "evaluate the test fold after every epoch for curves.png (--no-test-curves "
+                                     "saves that time, about 10%; nothing is chosen on it)")
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def to_dict(cfg: Any) -> dict:
+    """A JSON-ready dict of a (nested) config dataclass."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, Path):
+            value = str(value)
+        out[f.name] = value
+    return out
+
+
+def from_dict(cls: type, values: dict) -> Any:
+    """Rebuild a config dataclass from :func:`to_dict` output (unknown keys are an error)."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} settings: {', '.join(sorted(unknown))}")
+    kwargs = {}
+    for name, value in values.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            value = from_dict(type(default), value)
+        elif name in ("data", "labels", "out") and value is not None and cls is not TrainConfig:
+            value = Path(value)
+        kwargs[name] = value
+    return cls(**kwargs)

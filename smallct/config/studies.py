@@ -1,0 +1,131 @@
+"""Typed settings of the commands built on cross-validation: nested CV (:class:`NestedConfig`), tuning
+(:class:`TuneConfig`), few-shot episodes (:class:`FewShotConfig`) and learning curves
+(:class:`CurveConfig`). Fields are declared as in :mod:`smallct.config.run`: default and flag help once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from smallct.config.run import CVConfig, DataConfig, TrainConfig, option, to_dict
+
+# Figures a nested CV can choose a candidate by (smallct.engine.nested says which way is better).
+Select = Literal["accuracy", "balanced_accuracy", "roc_auc", "mean_auc", "log_loss", "weighted_log_loss"]
+# Objectives of a study (smallct.tuning.study.OBJECTIVES says their direction and per-epoch figure).
+Objective = Literal["roc_auc", "accuracy", "log_loss", "weighted_log_loss"]
+Pruner = Literal["median", "hyperband", "none"]
+# Embeddings of a frozen backbone (smallct.models.embeddings) and their transform before few-shot methods.
+Pooling = Literal["avg", "max", "avgmax", "multiscale"]
+Normalization = Literal["none", "l2", "center-l2", "standardize"]
+
+# Fine-tuning on a handful of images (smallct.fewshot, smallct.curve): few epochs, AdamW, cosine.
+FINETUNE_DEFAULTS = TrainConfig(epochs=10, batch_size=32, optimizer="adamw", lr=1e-3, weight_decay=0.05,
+                                schedule="cosine", warmup_epochs=1, augment="affine", tta=True)
+
+
+def _finetune_defaults() -> TrainConfig:
+    return TrainConfig(**to_dict(FINETUNE_DEFAULTS))
+
+
+@dataclass
+class NestedConfig:
+    """A nested cross-validation over named candidate settings."""
+
+    # name -> settings; folds, repeats, seed, out and test_curves are nested's own
+    candidates: dict[str, CVConfig] = option(factory=dict, cli=False, file=False)
+    inner_folds: int = option(3, "inner cross-validation folds on each outer training part")
+    select: Select = option("accuracy", "inner pooled figure that chooses the candidate")
+    threshold: Literal["inner", "fixed"] = option(
+        "inner", "binary tasks: inner chooses the decision threshold on the winner's inner out-of-fold predictions; "
+                 "fixed keeps 0.5 (both are reported at 0.5 too)")
+    refit: bool = option(True, "train the winner on the whole outer training part; --no-refit averages its inner "
+                               "fold models instead (a cross-fitted ensemble: no further fit, no checkpoints)")
+    folds: int = option(5, "outer cross-validation folds")
+    repeats: int = option(1, "repeats of the outer cross-validation")
+    seed: int = option(0, "seed of the outer and inner folds")
+    out: Path = option(Path("runs/nested"), "run folder; the same --out resumes", file=False)
+
+
+@dataclass
+class TuneConfig:
+    """A whole study: the fixed cross-validation settings, the search space and the study's plumbing."""
+
+    base: CVConfig = field(default_factory=lambda: CVConfig(out=Path("runs/tune")))  # ``base.out``: study folder
+    space: dict | None = option(None, cli=False, file=False)  # None: smallct.tuning.space.default_space
+    trials: int = option(20, "finished (complete or pruned) trials the study should hold; the same command again "
+                             "continues up to this number")
+    timeout: float | None = option(None, "seconds after which this worker starts no new trial")
+    storage: str | None = option(None, "Optuna storage: sqlite:///PATH (default OUT/optuna.db), postgresql://..., "
+                                       "mysql://..., journal:PATH (several processes on one host), redis://...")
+    study: str = option("smallct", "study name in the storage")
+    resume: bool = option(False, "continue an existing study (error when it is missing)", flag="--resume")
+    metric: Objective | None = option(None, "objective, the mean over folds (default roc_auc; weighted_log_loss for "
+                                            "multi-label tasks)")
+    pruner: Pruner = option("median", "stop trials that fall behind at the same epoch")
+    prune_after: int | None = option(None, "epochs (counted over folds) before any pruning (default: half of "
+                                           "--epochs)")
+    startup_trials: int = option(5, "random trials before TPE sampling, and finished trials before pruning")
+    worker: int = option(0, "this worker's index (give each worker its own: it varies the sampler seed)")
+    keep_checkpoints: bool = option(False, "keep every trial's fold checkpoints", flag="--keep-checkpoints")
+    report: bool = option(True, "write best_params.json, tables and plots at the end")
+    top: int = option(10, "rows of the top-trials table")
+
+
+@dataclass
+class FewShotConfig:
+    """A few-shot study: which embeddings, which methods, how many shots and episodes."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    arch: str = option("tf_efficientnet_lite0", "backbone; any torchvision or timm name")
+    weights: str = option("imagenet", "imagenet, none (random initialisation) or a PATH")
+    shots: list[int] = option(factory=lambda: [1, 5, 10, 20], help="labelled images per class, e.g. 1,5,10,20")
+    episodes: int = option(100, "episodes per k for proto, linear, knn, labelprop")
+    finetune_episodes: int = option(20, "episodes per k for finetune")
+    methods: list[str] = option(factory=lambda: ["proto", "linear", "knn", "labelprop"],
+                                help="comma-separated: proto, linear, knn, labelprop (transductive: uses the "
+                                     "unlabelled query images), finetune", flag=("--method", "--methods"))
+    pool: Pooling = option("max", "embedding pooling: avg = the model's penultimate features; max = the max-pooled "
+                                  "last feature map; avgmax = both; multiscale = both, at every stage (timm); max "
+                                  "beat avg on Head CT selection episodes (seed 1)")
+    flip: bool = option(False, "average each embedding with its left-right mirror's (no consistent gain on Head CT)")
+    normalize: Normalization = option(
+        "standardize", "embedding transform before the methods; standardize and center-l2 use the mean (and spread) "
+                       "of all images' embeddings, no labels (transductive); l2 uses no other image")
+    C: float = option(0.1, "linear probe: inverse L2 penalty (fixed, never chosen on query labels)")
+    knn_k: int = option(5, "knn: neighbours (at most the shots per class)")
+    finetune: TrainConfig = field(default_factory=_finetune_defaults)
+    finetune_img_size: int | None = option(160, "input size for fine-tuning (0: the embedding size)",
+                                           zero_is_none=True)
+    seed: int = option(0, "draws of the episodes (and random initialisation)")
+    device: str = option("auto", "auto, cpu or cuda")
+    out: Path = option(Path("runs/fewshot"), "output folder", file=False)
+
+
+@dataclass
+class CurveConfig:
+    """A learning curve: sizes, weight sources, methods, and the cross-validation around them."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    arch: str = option("tf_efficientnet_lite0", "backbone; any torchvision or timm name")
+    weights: list[str] = option(factory=lambda: ["imagenet", "none"],
+                                help="comma-separated weight sources to compare: imagenet, none, PATH")
+    sizes: list[int] = option(factory=lambda: [10, 20, 40, 80, 160], help="training images per fold, e.g. "
+                                                                          "10,20,40,80,160")
+    methods: list[str] = option(factory=lambda: ["probe"], flag=("--method", "--methods"),
+                                help="probe (linear probe on frozen embeddings, seconds) and/or finetune (one network "
+                                     "per n, fold, repeat and weights: about 10-30 s per fit of Lite0 at 160 px on a "
+                                     "2-core CPU)")
+    folds: int = option(5, "cross-validation folds (smallct.cv's, near-duplicates grouped)")
+    repeats: int = option(1, "repeated CV (other fold draws)")
+    pool: Pooling = option(FewShotConfig.pool, "embedding pooling (as smallct.fewshot): avg, max, avgmax, multiscale")
+    flip: bool = option(FewShotConfig.flip, "average each embedding with its left-right mirror's")
+    normalize: Normalization = option(FewShotConfig.normalize, "embedding transform before the probe")
+    C: float = option(FewShotConfig.C, "linear probe: inverse L2 penalty (fixed)")
+    finetune: TrainConfig = field(default_factory=_finetune_defaults)
+    finetune_img_size: int | None = option(160, "input size for fine-tuning (0: the embedding size)",
+                                           zero_is_none=True)
+    seed: int = option(0, "seed of the folds and the draws")
+    device: str = option("auto", "auto, cpu or cuda")
+    out: Path = option(Path("runs/curve"), "output folder", file=False)

@@ -1,0 +1,17 @@
+"""A labelled set on its way to the model: the decoded-image cache, batched augmentation, near-duplicate
+groups and the folds.
+
+``cache``: :func:`load_images` ((N, 3, S, S) uint8, decoded once); ``transforms``: :func:`augment`,
+:func:`normalize`; ``similar``: :func:`near_duplicate_groups`; ``folds``: :func:`make_folds`, the one
+maker of folds, returning :class:`Folds` (assignment and groups). ``python -m smallct.data verify DIR``
+checks a copy of the Head CT set (:mod:`smallct.datasets.head_ct`).
+"""
+
+from smallct._lazy import exports
+
+__all__, __getattr__, __dir__ = exports(__name__, {
+    "smallct.data.transforms": ["augment", "normalize", "random_affine", "random_flip"],
+    "smallct.data.cache": ["cache_key", "decode_all", "load_images"],
+    "smallct.data.folds": ["Folds", "fold_assignment", "make_folds"],
+    "smallct.data.similar": ["combine_groups", "near_duplicate_groups", "similar_groups", "similarity"],
+})

@@ -1,0 +1,20 @@
+"""Labelled image sets from disk: any folder layout, the Kaggle Head CT set, RSNA 2019 labels, the generated
+phantom and synthetic DICOM sets, and prepared folders.
+
+``folder``: :class:`Dataset`, :func:`load_dataset` (labels.csv, any CSV, class folders, prepared folders),
+:func:`load_data` (``--data``, or the phantom); ``explore``: :func:`describe`, :func:`size_note`;
+``head_ct``: the manifest and :func:`verify`; ``rsna``: :func:`read_rsna_labels` and the label order;
+``phantom``, ``synthetic_dicom``: generated sets; ``prepare``: :func:`prepare_rsna`, :func:`prepare_png`.
+"""
+
+from smallct._lazy import exports
+
+__all__, __getattr__, __dir__ = exports(__name__, {
+    "smallct.datasets.explore": ["describe", "size_note"],
+    "smallct.datasets.folder": ["Dataset", "load_data", "load_dataset", "phantom_dataset", "read_manifest"],
+    "smallct.datasets.head_ct": ["VerifyReport", "build_manifest", "packaged_manifest", "verify"],
+    "smallct.datasets.phantom": ["head_phantom_hu", "phantom_folder", "write_phantom_png_set"],
+    "smallct.datasets.prepare": ["prepare_png", "prepare_rsna"],
+    "smallct.datasets.rsna": ["LABEL_WEIGHTS", "LABELS", "SUBTYPES", "read_rsna_labels"],
+    "smallct.datasets.synthetic_dicom": ["write_ct_slice", "write_synthetic_rsna"],
+})

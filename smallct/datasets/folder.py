@@ -1,0 +1,300 @@
+"""A labelled image set read from a folder: :class:`Dataset` and :func:`load_dataset`, and :func:`load_data`,
+the set a command runs on (``--data``, or the generated phantom set).
+
+Three layouts are read:
+
+* the Head CT ``labels.csv`` as distributed (header ``id, hemorrhage`` with a space; id ``0``
+  names ``000.png``);
+* any CSV, with ``id_col`` and ``label_col`` (an id may be a file name, a stem, or a number
+  that matches a zero-padded stem);
+* class-per-folder, ``DIR/<class>/*.png``.
+
+Every problem is collected and reported at once, in one line: ids without a file, files without a
+label, duplicated ids with conflicting labels, labels outside the expected classes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from smallct.config.run import DataConfig
+from smallct.datasets.phantom import phantom_folder
+from smallct.datasets.rsna import LABELS
+from smallct.io.images import IMAGE_SUFFIXES, list_images
+
+
+@dataclass
+class Dataset:
+    """A labelled image set.
+
+    ``labels`` is (N,) int class indices into ``class_names`` for binary/multiclass tasks, or
+    (N, L) 0/1 for multi-label tasks (``class_names`` are then the label names). ``groups`` (N,)
+    holds a patient id per image when known, so that folds never split a patient.
+    """
+
+    ids: list[str]
+    files: list[Path]
+    labels: np.ndarray
+    class_names: list[str]
+    task: str = "binary"
+    groups: np.ndarray | None = None
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def label_names(self) -> list[str]:
+        if self.labels.ndim == 2:
+            return ["|".join(n for n, v in zip(self.class_names, row) if v) or "none" for row in self.labels]
+        return [self.class_names[i] for i in self.labels]
+
+    def subset(self, index) -> "Dataset":
+        index = np.asarray(index)
+        return Dataset(
+            ids=[self.ids[i] for i in index], files=[self.files[i] for i in index],
+            labels=self.labels[index], class_names=self.class_names, task=self.task,
+            groups=None if self.groups is None else self.groups[index], source=self.source, meta=self.meta)
+
+
+def _short(items, limit: int = 8) -> str:
+    items = [str(i) for i in items]
+    more = f", ... ({len(items)} in all)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _file_index(files: list[Path]) -> dict[str, Path]:
+    """Keys under which an id can name a file: name, stem, and the integer value of a numeric stem."""
+    index: dict[str, Path] = {}
+    for path in files:
+        index[path.name] = path
+        index[path.stem] = path
+        if path.stem.isdigit():
+            index.setdefault(str(int(path.stem)), path)
+    return index
+
+
+def _normalise_id(value) -> str:
+    text = str(value).strip()
+    if text.endswith(".0") and text[:-2].isdigit():  # ids read as floats
+        text = text[:-2]
+    return text
+
+
+def _class_names(values: pd.Series, where: str, classes: list[str] | None) -> tuple[list[str], list[str]]:
+    """Class names in order, and the problems found."""
+    problems = []
+    if classes is not None:
+        names = [str(c) for c in classes]
+        bad = sorted({str(v) for v in values if str(v) not in names})
+        if bad:
+            problems.append(f"labels outside the expected classes {names}: {_short(bad)}")
+        return names, problems
+    if values.isna().any():
+        problems.append(f"{int(values.isna().sum())} empty labels")
+        values = values.dropna()
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().all():
+        bad = sorted({v for v in numeric if v != int(v) or v < 0})
+        if bad:
+            problems.append(f"labels outside the expected classes (non-negative integers): {_short(bad)}")
+        names = [str(int(v)) for v in sorted(set(numeric)) if v == int(v) and v >= 0]
+    else:
+        names = sorted({str(v) for v in values})
+    if len(names) < 2:
+        problems.append(f"only one class ({_short(names)}) in {where}: a classifier needs two")
+    return names, problems
+
+
+def read_csv_labels(folder: Path, labels: Path, id_col: str | None = None, label_col: str | None = None,
+                    classes: list[str] | None = None) -> Dataset:
+    """Read an (id, label) CSV whose ids name image files in ``folder``."""
+    try:
+        table = pd.read_csv(labels, skipinitialspace=True, dtype=str)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{labels}: cannot read labels CSV ({err})") from None
+    table.columns = [c.strip() for c in table.columns]
+    if id_col is None:
+        id_col = "id" if "id" in table.columns else table.columns[0]
+    if label_col is None:
+        others = [c for c in table.columns if c != id_col]
+        if len(others) != 1:
+            raise ValueError(f"{labels}: {len(table.columns)} columns ({', '.join(table.columns)}); "
+                             "say which holds the label with --label-col")
+        label_col = others[0]
+    for col in (id_col, label_col):
+        if col not in table.columns:
+            raise ValueError(f"{labels}: no column {col!r} (columns: {', '.join(table.columns)})")
+    table = table[[id_col, label_col]].copy()
+    table[id_col] = table[id_col].map(_normalise_id)
+    table[label_col] = table[label_col].map(lambda v: v.strip() if isinstance(v, str) else v)
+
+    problems = []
+    dup = table[table.duplicated(id_col, keep=False)]
+    conflicting = sorted(i for i, g in dup.groupby(id_col) if g[label_col].nunique(dropna=False) > 1)
+    if conflicting:
+        problems.append(f"duplicated ids with conflicting labels: {_short(conflicting)}")
+    table = table.drop_duplicates(id_col)
+
+    files = list_images(folder)
+    index = _file_index(files)
+    missing = [i for i in table[id_col] if i not in index]
+    if missing:
+        problems.append(f"ids without a file in {folder}: {_short(missing)}")
+    matched = {index[i] for i in table[id_col] if i in index}
+    unlabelled = [p.name for p in files if p not in matched]
+    if unlabelled:
+        problems.append(f"files without a label: {_short(unlabelled)}")
+    names, label_problems = _class_names(table[label_col], str(labels), classes)
+    problems += label_problems
+    if problems:
+        raise ValueError(f"{labels}: " + "; ".join(problems))
+
+    table = table[table[id_col].isin(index)]
+    paths = [index[i] for i in table[id_col]]
+    order = np.argsort([str(p) for p in paths], kind="stable")
+    raw = table[label_col].tolist()
+    if classes is None and pd.to_numeric(table[label_col], errors="coerce").notna().all():
+        raw = [str(int(float(v))) for v in raw]
+    labels_arr = np.array([names.index(str(v)) for v in raw], dtype=np.int64)
+    return Dataset(
+        ids=[table[id_col].iloc[i] for i in order], files=[paths[i] for i in order],
+        labels=labels_arr[order], class_names=names, task="binary" if len(names) == 2 else "multiclass",
+        source=f"{folder} (labels {labels})")
+
+
+def read_class_folders(folder: Path, classes: list[str] | None = None) -> Dataset:
+    """Read ``folder/<class>/*.png``: the class of an image is the name of its sub-folder."""
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = {d.name: list_images(d) for d in subdirs}
+    found = {k: v for k, v in found.items() if v}
+    names = [str(c) for c in classes] if classes is not None else sorted(found)
+    problems = []
+    bad = [k for k in found if k not in names]
+    if bad:
+        problems.append(f"class folders outside the expected classes {names}: {_short(bad)}")
+    if len(found) < 2:
+        problems.append("a class-per-folder layout needs at least two sub-folders with images")
+    if problems:
+        raise ValueError(f"{folder}: " + "; ".join(problems))
+    ids, files, labels = [], [], []
+    for name in names:
+        for path in found.get(name, []):
+            ids.append(f"{name}/{path.stem}")
+            files.append(path)
+            labels.append(names.index(name))
+    return Dataset(ids=ids, files=files, labels=np.array(labels, dtype=np.int64), class_names=names,
+                   task="binary" if len(names) == 2 else "multiclass", source=f"{folder} (class folders)")
+
+
+def load_dataset(folder: str | Path, labels: str | Path | None = None, id_col: str | None = None,
+                 label_col: str | None = None, classes: list[str] | None = None) -> Dataset:
+    """Find and read the labels of an image folder.
+
+    ``labels`` given: that CSV. Else ``folder/labels.csv`` when present, else class sub-folders.
+    A prepared folder (``smallct.prepare``) with a ``manifest.csv`` is read by :func:`read_manifest`
+    (the readers of such folders are ``MANIFEST_READERS``, by the file that marks them).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such folder")
+    if labels is not None:
+        labels = Path(labels)
+        if not labels.is_file():
+            raise ValueError(f"{labels}: no such labels file")
+        return read_csv_labels(folder, labels, id_col, label_col, classes)
+    for name, reader in MANIFEST_READERS.items():
+        if (folder / name).is_file():
+            return reader(folder)
+    if (folder / "labels.csv").is_file():
+        return read_csv_labels(folder, folder / "labels.csv", id_col, label_col, classes)
+    if any(p.is_dir() for p in folder.iterdir()):
+        return read_class_folders(folder, classes)
+    images = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    raise ValueError(f"{folder}: {len(images)} images but no labels: add labels.csv, pass --labels CSV, "
+                     "or put each class in a sub-folder")
+
+
+def read_manifest(folder: str | Path) -> Dataset:
+    """Read a folder prepared by ``python -m smallct.prepare`` (``manifest.csv`` + ``prepare.json``).
+
+    ``manifest.csv`` with the six RSNA label columns (``prepare rsna``) gives a multi-label Dataset:
+    labels (N, 6) 0/1 in :data:`smallct.datasets.rsna.LABELS` order, groups = ``patient`` (the image id where
+    a slice has none). With a single ``label`` column (``prepare png``) it gives a binary or
+    multi-class Dataset, classes in the order recorded in ``prepare.json``. ``meta`` is the
+    ``meta`` of ``prepare.json`` (``windows``: preset names or None, ``channels``: a sentence).
+    """
+    folder = Path(folder)
+    path = folder / "manifest.csv"
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        info = json.loads((folder / "prepare.json").read_text()) if (folder / "prepare.json").is_file() else {}
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ValueError(f"{path}: cannot read the manifest of a prepared folder ({err})") from None
+    multilabel = set(LABELS) <= set(table.columns)
+    needed = ["id", "file", *(LABELS if multilabel else ["label"])]
+    absent = [c for c in needed if c not in table.columns]
+    if absent:
+        raise ValueError(f"{path}: no column {', '.join(absent)} (columns: {', '.join(table.columns)}); expected "
+                         f"id, file and either the six RSNA labels ({', '.join(LABELS)}) or label")
+    if table.empty:
+        raise ValueError(f"{path}: no images")
+    files = [folder / f for f in table["file"]]
+    problems = []
+    missing = [str(f.relative_to(folder)) for f in files if not f.is_file()]
+    if missing:
+        problems.append(f"files listed but absent: {_short(missing)} (run smallct.prepare again to complete it)")
+    dup = table["id"][table["id"].duplicated()].tolist()
+    if dup:
+        problems.append(f"duplicated ids: {_short(dup)}")
+    groups = None
+    if multilabel:
+        cells = table[list(LABELS)]
+        rows, cols = np.nonzero(~cells.isin(["0", "1"]).to_numpy())
+        bad = [f"{table['id'].iat[i]} {LABELS[j]}={cells.iat[i, j]!r}" for i, j in zip(rows, cols)]
+        if bad:
+            problems.append(f"labels other than 0/1: {_short(bad)}")
+        names = list(LABELS)
+        if "patient" in table.columns:
+            groups = np.where(table["patient"] != "", table["patient"], table["id"]).astype(str)
+    else:
+        names = [str(c) for c in info["class_names"]] if "class_names" in info else None
+        names, label_problems = _class_names(table["label"], str(path), names)
+        problems += label_problems
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
+    if multilabel:
+        labels = table[list(LABELS)].to_numpy(dtype=np.int64)
+        task = "multilabel"
+    else:
+        labels = np.array([names.index(v) for v in table["label"]], dtype=np.int64)
+        task = "binary" if len(names) == 2 else "multiclass"
+    kind = info.get("kind", "?")
+    return Dataset(ids=table["id"].tolist(), files=files, labels=labels, class_names=names, task=task,
+                   groups=groups, source=f"{folder} (prepared by smallct.prepare {kind})",
+                   meta=dict(info.get("meta", {})))
+
+
+# Readers of prepared folders, by the file that marks them.
+MANIFEST_READERS: dict = {"manifest.csv": read_manifest}
+
+
+def phantom_dataset(n: int = 200, seed: int = 0, log=print) -> Dataset:
+    """The embedded default: a synthetic head-CT phantom set of ``n`` images, written once into the cache."""
+    folder = phantom_folder(n, seed)
+    log(f"SYNTHETIC DATA: no --data given, so this run uses {n} generated head-CT phantom images in {folder}. "
+        "For the real Kaggle Head CT set pass --data DIR (the folder with 000.png..199.png and labels.csv).")
+    return load_dataset(folder)
+
+
+def load_data(data: DataConfig, seed: int = 0, log=print) -> Dataset:
+    """The labelled images a command runs on: ``data.data`` read by :func:`load_dataset`, or without a
+    folder the phantom set of ``data.phantom_n`` images (seeded by ``seed``), saying so."""
+    if data.data is None:
+        return phantom_dataset(data.phantom_n, seed, log)
+    return load_dataset(data.data, data.labels, data.id_col, data.label_col)

@@ -1,0 +1,20 @@
+"""Training and cross-validation: the fit loop, the run folder, cross-validation and nested CV.
+
+``train``: :func:`fit`, :func:`predict_proba`, :func:`resolve_device`; ``run_folder``: :class:`RunFolder`
+(names, writes and reads every file of a run), :func:`load_run`, :func:`load_fold_model`; ``results``:
+the run's tables and pooled figures; ``estimate``: durations; ``cv``: :func:`run_cv`; ``nested``:
+:func:`run_nested`.
+"""
+
+from smallct._lazy import exports
+
+__all__, __getattr__, __dir__ = exports(__name__, {
+    "smallct.engine.cv": ["CVResult", "FoldJob", "finish_run", "folds_of", "run_cv", "train_fold", "write_fold"],
+    "smallct.engine.estimate": ["estimate_seconds", "fmt_duration"],
+    "smallct.engine.nested": ["add_nested_results", "choose_candidate", "inner_ensemble_proba", "run_nested"],
+    "smallct.engine.results": ["aggregate_results", "format_table", "oof_table"],
+    "smallct.engine.run_folder": ["Checkpoint", "Run", "RunFolder", "fold_name", "load_fold_model", "load_run",
+        "parse_fold_name", "run_record"],
+    "smallct.engine.train": ["fit", "lr_factor", "make_optimizer", "predict_proba", "resolve_device",
+        "time_training_step"],
+})

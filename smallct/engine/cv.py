@@ -1,0 +1,197 @@
+"""Cross-validated transfer learning: :func:`run_cv` (``python -m smallct.cv``).
+
+One run: load the images (decoded once, :mod:`smallct.data.cache`), make the folds
+(:func:`smallct.data.folds.make_folds`), fit one model per fold (:func:`smallct.engine.train.fit`) and
+predict its test fold, write each fold as it finishes, then aggregate the folds into the run's tables,
+figures and plots. The run folder (:class:`smallct.engine.run_folder.RunFolder`) is the contract read
+by prediction, tuning, comparison and the notebooks; an interrupted run resumes at the first unfinished
+fold.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from smallct.config.run import CVConfig
+from smallct.data.cache import load_images
+from smallct.data.folds import Folds, make_folds
+from smallct.datasets.explore import size_note
+from smallct.datasets.folder import Dataset, load_data
+from smallct.engine import results as tables
+from smallct.engine.estimate import estimate_seconds, fmt_duration, slow_on_cpu
+from smallct.engine.run_folder import RunFolder, fold_name, run_record
+from smallct.engine.train import fit, predict_proba, resolve_device
+from smallct.evaluation import plots
+from smallct.models.factory import create_model
+from smallct.models.weights import WeightSource, resolve_weights
+
+
+@dataclass
+class CVResult:
+    """What :func:`run_cv` returns: the run folder and its main tables."""
+
+    out: Path
+    results: dict
+    oof: pd.DataFrame
+    history: pd.DataFrame
+
+
+@dataclass
+class FoldJob:
+    """What every fold of a run shares: its settings, images and model contract, its device and folder.
+
+    ``images`` (N, 3, S, S) uint8 are ``dataset``'s images decoded at ``img_size`` px as ``cfg.data``
+    says; the model is ``cfg.arch`` initialised from ``source``, whose mean and std normalise its input.
+    """
+
+    cfg: CVConfig
+    dataset: Dataset
+    source: WeightSource
+    img_size: int
+    images: torch.Tensor
+    device: torch.device
+    folder: RunFolder
+    progress: bool = True
+
+    def checkpoint_facts(self, repeat: int, fold: int) -> dict:
+        """What a fold checkpoint records beside its weights: enough to rebuild and apply it."""
+        cfg, dataset = self.cfg, self.dataset
+        return {"arch": cfg.arch, "num_outputs": len(dataset.class_names), "task": dataset.task,
+                "class_names": dataset.class_names, "repeat": repeat, "fold": fold, "img_size": self.img_size,
+                "resize": cfg.data.resize, "crop": cfg.data.crop, "mean": list(self.source.mean),
+                "std": list(self.source.std)}
+
+
+def check_task(cfg: CVConfig, dataset: Dataset) -> None:
+    if cfg.task is not None and cfg.task != dataset.task:
+        raise ValueError(f"--task {cfg.task}: the data ({dataset.source}) is a {dataset.task} task")
+
+
+def folds_of(cfg: CVConfig, dataset: Dataset, progress: bool = True, log=print) -> Folds:
+    """The folds of a run of ``cfg`` on ``dataset`` (:func:`smallct.data.folds.make_folds`)."""
+    return make_folds(dataset, cfg.folds, cfg.repeats, cfg.seed, cfg.data.group_similar, cfg.data.resize,
+                      cfg.data.crop, cfg.workers, progress, log)
+
+
+def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True, log=print,
+           on_epoch=None, estimate: bool = True, images: torch.Tensor | None = None) -> CVResult:
+    """Run (or resume) a cross-validation and write the run folder ``cfg.out``.
+
+    ``on_epoch(repeat, fold, record)`` is called after every epoch (a tuner reports to its pruner
+    there). ``estimate=False`` skips the timed steps of the duration estimate (a tuner's trials).
+    ``images`` (N, 3, S, S) uint8 are ``dataset``'s images already decoded as ``cfg.data`` says
+    (smallct.nested passes slices of its own); by default they are decoded (and cached) here.
+    Returns a :class:`CVResult`.
+    """
+    source = resolve_weights(cfg.arch, cfg.weights)  # before any work: no weights, no run
+    dataset = dataset if dataset is not None else load_data(cfg.data, cfg.seed, log)
+    check_task(cfg, dataset)
+    device = resolve_device(cfg.device)
+    img_size = cfg.data.img_size or source.input_size
+    if images is None:
+        images = load_images(dataset.files, img_size, cfg.data.resize, cfg.data.crop, workers=cfg.workers,
+                             progress=progress)
+    elif tuple(images.shape) != (len(dataset), 3, img_size, img_size):
+        raise ValueError(f"images: shape {tuple(images.shape)}, expected {(len(dataset), 3, img_size, img_size)}")
+    folds = folds_of(cfg, dataset, progress, log)
+    folder = RunFolder(cfg.out)
+    record = run_record(cfg, dataset, source, img_size, folds.assignment, folds.similar_record(dataset.ids))
+    if folder.is_nested():  # its results.json and oof.csv carry more than a cv run's
+        raise ValueError(f"{folder.path}: holds a smallct.nested run; use another --out")
+    folder.start(record, resuming=folder.check_resume(record))
+    job = FoldJob(cfg, dataset, source, img_size, images, device, folder, progress)
+    todo = [(r, k) for r in range(cfg.repeats) for k in range(cfg.folds) if not folder.is_done(r, k)]
+    done = cfg.repeats * cfg.folds - len(todo)
+    log(f"smallct.cv: {cfg.arch} ({source.description}), {len(dataset)} images at {img_size} px, "
+        f"{cfg.folds} folds x {cfg.repeats} repeats, {cfg.train.epochs} epochs on {device.type}"
+        + (f"; resuming: {done} folds already done" if done else ""))
+    note = size_note(dataset.files, cfg.data.data) if cfg.data.data is not None else None
+    if note:  # one pointer line; the audit itself is smallct.audit
+        log(note)
+    if todo and estimate:
+        log_estimate(job, len(todo), log)
+
+    start = time.perf_counter()
+    for r, k in todo:
+        train_fold(job, r, k, np.flatnonzero(folds.assignment[r] != k), np.flatnonzero(folds.assignment[r] == k),
+                   on_epoch)
+    return finish_run(folder, dataset, cfg, log=log, seconds=time.perf_counter() - start)
+
+
+def log_estimate(job: FoldJob, n_fits: int, log=print) -> None:
+    """Print the expected duration of ``n_fits`` fits of ``job`` (and a hint when it is slow on a CPU)."""
+    cfg, dataset = job.cfg, job.dataset
+    model = create_model(cfg.arch, len(dataset.class_names), job.source)
+    n_test = len(dataset) / cfg.folds
+    seconds, rate = estimate_seconds(model, job.images, dataset.labels, cfg, job.source, dataset.task, job.device,
+                                     len(dataset) - n_test, n_test, n_fits)
+    log(f"estimated duration: about {fmt_duration(seconds)} ({rate:.1f} training images/s on {job.device.type})")
+    hint = slow_on_cpu(cfg.arch, job.device, seconds, rate)
+    if hint:
+        log(hint)
+
+
+def train_fold(job: FoldJob, r: int, k: int, train: np.ndarray, test: np.ndarray, on_epoch=None,
+               extra: dict | None = None) -> None:
+    """Fit one fold model on ``train``, predict ``test``; write its checkpoint and then its fold file.
+
+    ``extra`` is recorded in the fold file too (smallct.nested: the chosen settings and threshold). A NaN
+    loss raises ``FloatingPointError`` naming the fold; the folds finished before it are kept.
+    """
+    cfg, dataset = job.cfg, job.dataset
+    fold_seed = cfg.seed * 1000 + r * 100 + k
+    torch.manual_seed(fold_seed)
+    model = create_model(cfg.arch, len(dataset.class_names), job.source)
+    labels = torch.as_tensor(dataset.labels)
+    start = time.perf_counter()
+    callback = None if on_epoch is None else (lambda rec: on_epoch(r, k, rec))
+    try:
+        history = fit(model, job.images[train], labels[train], cfg.train, job.source.mean, job.source.std,
+                      dataset.task, seed=fold_seed, device=job.device,
+                      val=(job.images[test], labels[test]) if cfg.test_curves else None, on_epoch=callback,
+                      desc=f"repeat {r + 1}/{cfg.repeats} fold {k + 1}/{cfg.folds}", progress=job.progress)
+        probs = predict_proba(model, job.images[test], job.source.mean, job.source.std, dataset.task,
+                              cfg.train.tta, device=job.device, amp=cfg.train.amp)
+        if not np.isfinite(probs).all():
+            raise FloatingPointError("the model's outputs are NaN or infinite after training: lower the learning "
+                                     "rate")
+    except FloatingPointError as err:
+        raise FloatingPointError(f"{err} (fold {fold_name(r, k)} of {job.folder.path})") from None
+    job.folder.save_checkpoint(r, k, model, job.checkpoint_facts(r, k))
+    write_fold(job.folder, dataset, r, k, test, probs, history, time.perf_counter() - start, extra)
+
+
+def write_fold(folder: RunFolder, dataset: Dataset, r: int, k: int, test: np.ndarray, probs: np.ndarray,
+               history: list[dict], seconds: float, extra: dict | None = None) -> None:
+    """The file of fold (r, k): the test fold's probabilities (n_test, C), metrics and training history."""
+    metrics = tables.fold_metrics(dataset, dataset.labels[test], probs)
+    folder.write_fold(r, k, {
+        "repeat": r, "fold": k, "test_index": test.tolist(), "ids": [dataset.ids[i] for i in test],
+        "probs": probs.tolist(), "history": history, "metrics": metrics, "seconds": seconds, **(extra or {})})
+
+
+def finish_run(folder: RunFolder, dataset: Dataset, cfg: CVConfig, log=print, seconds: float = 0.0) -> CVResult:
+    """Aggregate the fold files of a run into oof.csv, history.csv, results.json and the plots."""
+    folds = folder.read_folds()
+    oof, history = tables.oof_table(folds, dataset), tables.history_table(folds)
+    folder.write_tables(oof, history)
+    results = tables.aggregate_results(folds, dataset, cfg)
+    results["seconds_this_session"] = seconds
+    results["seconds_all_folds"] = float(sum(f["seconds"] for f in folds))
+    folder.write_results(results)
+    if len(history):
+        plots.curves_plot(history, folder.curves_png)
+    if dataset.task != "multilabel":
+        if len(dataset.class_names) == 2:
+            plots.roc_plot(oof, folder.roc_png)
+        plots.confusion_plot(oof["label"].to_numpy(), oof["pred"].to_numpy(), dataset.class_names,
+                             folder.confusion_png)
+    log(tables.format_table(results))
+    log(f"run folder: {folder.path}")
+    return CVResult(folder.path, results, oof, history)

@@ -1,0 +1,122 @@
+"""The figures of a run from its fold files: out-of-fold table, per-fold and pooled metrics, the printed table.
+
+:func:`oof_table` lays the folds' test probabilities out as ``oof.csv`` (one row per image and repeat);
+:func:`aggregate_results` makes ``results.json``: each fold's metrics, their mean and standard deviation
+over folds, and the pooled out-of-fold metrics with a bootstrap interval
+(:func:`smallct.evaluation.intervals.pooled_figures`); :func:`format_table` prints them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from smallct.config.run import CVConfig
+from smallct.datasets.folder import Dataset
+from smallct.evaluation.intervals import over_repeats, pooled_figures
+from smallct.evaluation.metrics import classification_metrics, summarize_folds
+from smallct.evaluation.multilabel import multilabel_metrics
+
+CI_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "weighted_log_loss", "mean_auc")  # figures with an interval
+N_BOOT = 1000  # bootstrap resamples of the pooled figures
+
+
+def fold_metrics(dataset: Dataset, y: np.ndarray, probs: np.ndarray) -> dict:
+    """The figures of one fold's (or any set's) predictions: classification or RSNA multi-label ones."""
+    return multilabel_metrics(y, probs) if dataset.task == "multilabel" else classification_metrics(y, probs)
+
+
+def oof_table(folds: list[dict], dataset: Dataset) -> pd.DataFrame:
+    """``oof.csv``: id, the label(s), the probabilities (``prob`` or ``prob_<class>``), pred, fold, repeat."""
+    multilabel = dataset.task == "multilabel"
+    rows = []
+    for f in folds:
+        for i, idx in enumerate(f["test_index"]):
+            row = {"id": dataset.ids[idx]}
+            p = f["probs"][i]
+            if multilabel:
+                for j, name in enumerate(dataset.class_names):
+                    row[name] = int(dataset.labels[idx, j])
+                for j, name in enumerate(dataset.class_names):
+                    row[f"prob_{name}"] = p[j]
+            else:
+                row["label"] = int(dataset.labels[idx])
+                if len(p) == 2:
+                    row["prob"] = p[1]
+                else:
+                    row.update({f"prob_{c}": v for c, v in zip(dataset.class_names, p)})
+                row["pred"] = int(np.argmax(p))
+            row.update(fold=f["fold"], repeat=f["repeat"])
+            rows.append(row)
+    return pd.DataFrame(rows).sort_values(["repeat", "fold", "id"]).reset_index(drop=True)
+
+
+def history_table(folds: list[dict]) -> pd.DataFrame:
+    """``history.csv``: one row per epoch and fold."""
+    return pd.DataFrame([{"repeat": f["repeat"], "fold": f["fold"], **h} for f in folds for h in f["history"]])
+
+
+def stack_probs(folds: list[dict], n: int, repeats: int) -> np.ndarray:
+    """(repeats, N, C) out-of-fold probabilities of the folds' files."""
+    width = len(folds[0]["probs"][0])
+    P = np.full((repeats, n, width), np.nan)
+    for f in folds:
+        P[f["repeat"], f["test_index"]] = np.asarray(f["probs"])
+    return P
+
+
+def aggregate_results(folds: list[dict], dataset: Dataset, cfg: CVConfig) -> dict:
+    """Per-fold metrics, mean and std over folds, and pooled out-of-fold metrics with a bootstrap CI.
+
+    With repeats, a pooled metric is the mean over repeats of the metric of that repeat's pooled
+    out-of-fold predictions, and the bootstrap resamples images (the same ones in every repeat).
+    """
+    complete = len(folds) == cfg.folds * cfg.repeats
+    per_fold = [{"repeat": f["repeat"], "fold": f["fold"], "n_test": len(f["test_index"]), **f["metrics"]}
+                for f in folds]
+    metric_names = [k for k in folds[0]["metrics"] if isinstance(folds[0]["metrics"][k], (int, float))]
+    results = {
+        "task": dataset.task,
+        "arch": cfg.arch,
+        "weights": cfg.weights,
+        "n_images": len(dataset),
+        "folds": cfg.folds,
+        "repeats": cfg.repeats,
+        "complete": complete,
+        "per_fold": per_fold,
+        "mean_std_over_folds": summarize_folds([{k: f[k] for k in metric_names} for f in per_fold]),
+        "selection": ("the model after the last epoch is evaluated; nothing (epoch, threshold, setting) is chosen "
+                      "on a test fold; threshold 0.5 is fixed"),
+        "settings_source": cfg.params_source or "command line and defaults (not tuned on these folds)",
+    }
+    if complete:
+        P = stack_probs(folds, len(dataset), cfg.repeats)
+        metric = multilabel_metrics if dataset.task == "multilabel" else classification_metrics
+        figure = over_repeats(metric, dataset.labels, P, metric_names)
+        point, ci = pooled_figures(figure, len(dataset), [m for m in metric_names if m in CI_METRICS],
+                                   n_boot=N_BOOT, seed=cfg.seed)
+        results["pooled_oof"] = point
+        results["pooled_oof_ci95"] = ci
+        results["ci_method"] = (f"percentile bootstrap over images ({N_BOOT} resamples) of pooled out-of-fold "
+                                "predictions")
+    return results
+
+
+def format_table(results: dict) -> str:
+    """The compact table printed at the end of a run."""
+    names = [m for m in ("accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity", "f1",
+                         "log_loss", "weighted_log_loss", "mean_auc") if m in results["mean_std_over_folds"]]
+    short = {"accuracy": "acc", "balanced_accuracy": "bal_acc", "roc_auc": "auc", "sensitivity": "sens",
+             "specificity": "spec", "log_loss": "logloss", "weighted_log_loss": "wlogloss", "mean_auc": "mean_auc"}
+    head = f"{'fold':>8} " + " ".join(f"{short.get(n, n):>9}" for n in names)
+    lines = [head]
+    for f in results["per_fold"]:
+        lines.append(f"{'r%d f%d' % (f['repeat'], f['fold']):>8} " + " ".join(f"{f[n]:>9.3f}" for n in names))
+    ms = results["mean_std_over_folds"]
+    lines.append(f"{'mean':>8} " + " ".join(f"{ms[n]['mean']:>9.3f}" for n in names))
+    lines.append(f"{'std':>8} " + " ".join(f"{ms[n]['std']:>9.3f}" for n in names))
+    if "pooled_oof" in results:
+        lines.append(f"{'pooled':>8} " + " ".join(f"{results['pooled_oof'][n]:>9.3f}" for n in names))
+        for n, (lo, hi) in results["pooled_oof_ci95"].items():
+            lines.append(f"pooled out-of-fold {n}: {results['pooled_oof'][n]:.3f} (95% CI {lo:.3f}-{hi:.3f})")
+    return "\n".join(lines)

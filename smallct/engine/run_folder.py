@@ -1,0 +1,379 @@
+"""The run folder: one object names every file of it, and is the only writer and reader.
+
+A cross-validation run (``smallct.cv``, ``smallct.nested``, each trial of ``smallct.tune``) writes
+
+``run.json``      everything needed to rebuild and apply a fold model (written first)
+``nested.json``   a nested run's candidates and choice rules (written before run.json)
+``folds/``        one ``r{repeat}_f{fold}.json`` per finished fold (probabilities, history, metrics):
+                  resume skips these; written last, so its presence means the fold is done
+``checkpoints/``  one ``r{repeat}_f{fold}.pt`` per fold: ``{"model": state_dict, ...run facts}``
+``oof.csv``       out-of-fold predictions: id, label(s), prob(s), pred, fold, repeat
+``history.csv``   per-epoch train and test-fold loss/accuracy, with ``curves.png``
+``results.json``  per-fold metrics, mean and std over folds, pooled out-of-fold metrics with 95% CI
+``roc.png``, ``confusion.png``
+``inner/r{repeat}_f{fold}/{candidate}/``  a nested run's inner runs (run folders themselves)
+
+:class:`RunFolder` holds these names (as MONAI's ``FolderLayout`` does); nothing else builds a path into a
+run folder or parses one. :class:`Run` (:func:`load_run`) is a finished or running run read back: what
+prediction, Grad-CAM, export, comparison, tuning and the notebooks read, so that the architecture, the
+image size, the windows and the normalisation of a model always come from the run.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import timm
+import torch
+import torchvision
+from torch import nn
+
+import smallct
+from smallct.config.run import CVConfig, from_dict, to_dict
+from smallct.datasets.folder import Dataset, load_data
+from smallct.io.files import atomic_csv, atomic_json
+from smallct.models.registry import builder
+from smallct.models.weights import WeightSource
+
+_FOLD_NAME = re.compile(r"r(\d+)_f(\d+)")
+# Settings that make two runs different runs: a folder holding one refuses to resume with the other.
+SETTINGS_THAT_CHANGE_RESULTS = ("arch", "weights", "task", "folds", "repeats", "seed", "data", "train")
+
+
+def fold_name(repeat: int, fold: int) -> str:
+    """The name of fold ``fold`` of repeat ``repeat``: ``r0_f2``."""
+    return f"r{repeat}_f{fold}"
+
+
+def parse_fold_name(name: str) -> tuple[int, int] | None:
+    """``(repeat, fold)`` of a fold name (``r0_f2``), or None for any other name."""
+    match = _FOLD_NAME.fullmatch(name)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One fold model of a run: ``checkpoints/r{repeat}_f{fold}.pt``."""
+
+    repeat: int
+    fold: int
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return fold_name(self.repeat, self.fold)
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The files of one run folder, by name; reading and writing them."""
+
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    run_json = property(lambda self: self.path / "run.json")
+    nested_json = property(lambda self: self.path / "nested.json")
+    results_json = property(lambda self: self.path / "results.json")
+    oof_csv = property(lambda self: self.path / "oof.csv")
+    history_csv = property(lambda self: self.path / "history.csv")
+    folds_dir = property(lambda self: self.path / "folds")
+    checkpoints_dir = property(lambda self: self.path / "checkpoints")
+    inner_dir = property(lambda self: self.path / "inner")
+    inner_log = property(lambda self: self.path / "inner" / "log.txt")
+    curves_png = property(lambda self: self.path / "curves.png")
+    roc_png = property(lambda self: self.path / "roc.png")
+    confusion_png = property(lambda self: self.path / "confusion.png")
+
+    def fold_file(self, repeat: int, fold: int) -> Path:
+        return self.folds_dir / f"{fold_name(repeat, fold)}.json"
+
+    def checkpoint_file(self, repeat: int, fold: int) -> Path:
+        return self.checkpoints_dir / f"{fold_name(repeat, fold)}.pt"
+
+    def inner_run(self, repeat: int, fold: int, candidate: str) -> RunFolder:
+        """The folder of a nested run's inner cross-validation of ``candidate`` on outer fold (repeat, fold)."""
+        return RunFolder(self.inner_dir / fold_name(repeat, fold) / candidate)
+
+    # --- reading ---------------------------------------------------------------------------------------
+
+    def has_record(self) -> bool:
+        return self.run_json.is_file()
+
+    def is_nested(self) -> bool:
+        return self.nested_json.is_file()
+
+    def read_record(self) -> dict:
+        """``run.json``; ``ValueError`` naming the folder when there is none or it cannot be read."""
+        if not self.has_record():
+            raise ValueError(f"{self.path}: not a smallct.cv run folder (no run.json)")
+        try:
+            return json.loads(self.run_json.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{self.run_json}: cannot read ({err})") from None
+
+    def read_nested(self) -> dict | None:
+        return json.loads(self.nested_json.read_text()) if self.is_nested() else None
+
+    def is_done(self, repeat: int, fold: int) -> bool:
+        return self.fold_file(repeat, fold).is_file()
+
+    def count_done(self) -> int:
+        """How many folds are finished (fold files written)."""
+        return len(self._fold_files())
+
+    def _fold_files(self) -> list[Path]:
+        return sorted(p for p in self.folds_dir.glob("r*_f*.json") if parse_fold_name(p.stem))
+
+    def read_folds(self) -> list[dict]:
+        """Every finished fold's file, in the order of their names."""
+        return [json.loads(p.read_text()) for p in self._fold_files()]
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """The fold checkpoints written so far, sorted by (repeat, fold)."""
+        found = []
+        for file in self.checkpoints_dir.glob("r*_f*.pt"):
+            parsed = parse_fold_name(file.stem) if file.suffix == ".pt" else None
+            if parsed:
+                found.append(Checkpoint(*parsed, file))
+        return sorted(found, key=lambda c: (c.repeat, c.fold))
+
+    def read_results(self) -> dict:
+        if not self.results_json.is_file():
+            raise ValueError(f"{self.results_json}: no results (is the run finished? run the same command again "
+                             "with the same --out to complete it)")
+        return json.loads(self.results_json.read_text())
+
+    def read_oof(self) -> pd.DataFrame:
+        """``oof.csv``: id, label(s), prob(s), pred, fold, repeat (ids read as text)."""
+        if not self.oof_csv.is_file():
+            raise ValueError(f"{self.oof_csv}: no out-of-fold predictions (is the run finished? run smallct.cv "
+                             "again with the same --out to complete it)")
+        return pd.read_csv(self.oof_csv, dtype={"id": str})
+
+    def recorded_folds(self, ids: list[str]) -> np.ndarray:
+        """The fold assignment (repeats, N) recorded in ``run.json``, checked against the image ``ids``."""
+        record = self.read_record()["folds"]
+        if [str(i) for i in record["ids"]] != [str(i) for i in ids]:
+            raise ValueError(f"{self.path}: the run was made on other images than --data")
+        return np.asarray(record["assignment"], dtype=np.int64)
+
+    def read_oof_matrix(self, record: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Labels (N,) and out-of-fold class probabilities (repeats, N, C) of a finished binary or multi-class
+        run, in the order of ``run.json``'s ids; ``ValueError`` when the run is unfinished."""
+        record = record if record is not None else self.read_record()
+        if not self.oof_csv.is_file():
+            raise ValueError(f"{self.path}: no oof.csv; the run has not finished (run the same smallct.cv command "
+                             "to resume)")
+        ids = [str(i) for i in record["folds"]["ids"]]
+        repeats, n = np.asarray(record["folds"]["assignment"]).shape
+        classes = record["class_names"]
+        oof = self.read_oof()
+        prob_cols = ["prob"] if "prob" in oof else [f"prob_{c}" for c in classes]
+        missing = [c for c in ["id", "label", "fold", "repeat", *prob_cols] if c not in oof]
+        if missing:
+            raise ValueError(f"{self.oof_csv}: missing columns {', '.join(missing)}")
+        if len(oof) != repeats * n:
+            raise ValueError(f"{self.path}: oof.csv has {len(oof)} rows, expected {repeats * n} ({repeats} repeats x "
+                             f"{n} images); finish the run first (run the same smallct.cv command to resume)")
+        position = {i: k for k, i in enumerate(ids)}
+        unknown = set(oof["id"]) - set(position)
+        if unknown:
+            raise ValueError(f"{self.oof_csv}: ids not in run.json, e.g. {sorted(unknown)[0]}")
+        P = np.full((repeats, n, len(classes)), np.nan)
+        labels = np.full(n, -1, dtype=np.int64)
+        for r, g in oof.groupby("repeat"):
+            index = g["id"].map(position).to_numpy()
+            probs = g[prob_cols].to_numpy(float)
+            P[int(r), index] = np.column_stack([1 - probs[:, 0], probs[:, 0]]) if prob_cols == ["prob"] else probs
+            labels[index] = g["label"].to_numpy()
+        if np.isnan(P).any():
+            raise ValueError(f"{self.path}: oof.csv does not hold every image in every repeat")
+        return labels, P
+
+    # --- writing ---------------------------------------------------------------------------------------
+
+    def check_resume(self, record: dict) -> bool:
+        """True when the folder holds the same run (resume it); ``ValueError`` when it holds another."""
+        if not self.has_record():
+            return False
+        old = self.read_record()
+        changed = [k for k in SETTINGS_THAT_CHANGE_RESULTS if old["config"].get(k) != record["config"].get(k)]
+        if old["folds"] != record["folds"]:
+            changed.append("fold assignment (data)")
+        if changed:
+            raise ValueError(f"{self.path}: holds a run with other settings ({', '.join(changed)}); "
+                             "use another --out, or delete the folder to start again")
+        return True
+
+    def start(self, record: dict, resuming: bool, nested: dict | None = None) -> None:
+        """Create the folder; a new run writes ``nested.json`` (a nested run) and then ``run.json``."""
+        self.folds_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoints_dir.mkdir(exist_ok=True)
+        if not resuming:  # nested.json first: a run.json without it is a plain cv run
+            if nested is not None:
+                atomic_json(self.nested_json, nested)
+            atomic_json(self.run_json, record)
+
+    def write_fold(self, repeat: int, fold: int, content: dict) -> None:
+        atomic_json(self.fold_file(repeat, fold), content)
+
+    def save_checkpoint(self, repeat: int, fold: int, model: nn.Module, facts: dict) -> None:
+        torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, **facts},
+                   self.checkpoint_file(repeat, fold))
+
+    def write_tables(self, oof: pd.DataFrame, history: pd.DataFrame) -> None:
+        atomic_csv(self.oof_csv, oof)
+        atomic_csv(self.history_csv, history)
+
+    def write_results(self, results: dict) -> None:
+        atomic_json(self.results_json, results)
+
+
+def versions() -> dict:
+    """The versions that made a run: smallct, torch, torchvision, timm, Python."""
+    return {"smallct": smallct.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version(), "timm": timm.__version__}
+
+
+def run_record(cfg: CVConfig, dataset: Dataset, source: WeightSource, img_size: int, assignment: np.ndarray,
+               similar: dict) -> dict:
+    """The content of ``run.json``: enough to rebuild and apply every fold model."""
+    return {
+        "config": to_dict(cfg),
+        "arch": cfg.arch,
+        "task": dataset.task,
+        "num_outputs": len(dataset.class_names),
+        "class_names": dataset.class_names,
+        "weights": source.to_dict(),
+        "input": {"img_size": img_size, "resize": cfg.data.resize, "crop": cfg.data.crop,
+                  "mean": list(source.mean), "std": list(source.std),
+                  "channels": dataset.meta.get("channels", "RGB uint8 from smallct.io.images.preprocess"),
+                  "windows": dataset.meta.get("windows"),
+                  # side (px) of the PNGs smallct.prepare made from DICOM: predict repeats it for .dcm input
+                  "prepared_size": dataset.meta.get("size")},
+        "tta": cfg.train.tta,
+        "seed": cfg.seed,
+        "data": {"source": dataset.source, "n_images": len(dataset), "synthetic": cfg.data.data is None},
+        "folds": {"ids": dataset.ids, "assignment": assignment.tolist()},
+        "versions": versions(),
+        "similar_images": similar,
+    }
+
+
+@dataclass
+class Run:
+    """A run folder read back: ``run.json`` (``record``) and the fold checkpoints written so far."""
+
+    path: Path
+    record: dict
+    checkpoints: list[Checkpoint]
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.path)
+
+    @property
+    def arch(self) -> str:
+        return self.record["arch"]
+
+    @property
+    def task(self) -> str:
+        return self.record["task"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.record["class_names"])
+
+    @property
+    def input(self) -> dict:
+        """How an image becomes the model input: img_size (px), resize, crop, mean, std, windows."""
+        return self.record["input"]
+
+    @property
+    def amp(self) -> bool:
+        return bool(self.record["config"]["train"].get("amp", True))
+
+    @property
+    def config(self) -> CVConfig:
+        return from_dict(CVConfig, self.record["config"])
+
+    def checkpoint(self, name: str) -> Checkpoint:
+        """The checkpoint called ``name`` (``r0_f2``); ``ValueError`` listing the ones there are."""
+        for ckpt in self.checkpoints:
+            if ckpt.name == name:
+                return ckpt
+        raise ValueError(f"{self.path}: no fold model {name!r} (there are: "
+                         f"{', '.join(c.name for c in self.checkpoints) or 'none'})")
+
+    def oof(self) -> pd.DataFrame:
+        """``oof.csv``: id, label(s), prob(s), pred, fold, repeat (ids read as text)."""
+        return self.folder.read_oof()
+
+    def results(self) -> dict:
+        """``results.json``: per-fold, mean and pooled figures."""
+        return self.folder.read_results()
+
+    def dataset(self, log=print) -> Dataset:
+        """The run's own labelled images, read again as the run read them (regenerated for a phantom run).
+
+        ``ValueError`` when the ids differ from those recorded in ``run.json`` (the data changed).
+        """
+        cfg = self.config
+        dataset = load_data(cfg.data, cfg.seed, log=log)
+        if list(dataset.ids) != list(self.record["folds"]["ids"]):
+            raise ValueError(f"{self.path}: the images of {dataset.source} are not those of the run "
+                             f"({len(dataset)} now, {len(self.record['folds']['ids'])} in run.json); "
+                             "the data folder changed since the run")
+        return dataset
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read a run folder: ``run.json`` and the list of fold checkpoints.
+
+    Returns
+    -------
+    Run
+        Checkpoints sorted by (repeat, fold); the list is empty while no fold has finished.
+
+    Raises
+    ------
+    ValueError
+        Naming the folder when it is not a run folder (no readable ``run.json``).
+    """
+    folder = RunFolder(Path(run_dir))
+    record = folder.read_record()
+    missing = [k for k in ("arch", "task", "num_outputs", "class_names", "input", "config") if k not in record]
+    if missing:
+        raise ValueError(f"{folder.run_json}: no {', '.join(missing)}; not written by this smallct.cv")
+    return Run(folder.path, record, folder.checkpoints())
+
+
+def load_fold_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild one fold model from its checkpoint, in eval mode on ``device``.
+
+    The architecture and the number of outputs come from the checkpoint; the state dict is loaded
+    strictly (every tensor must fit). Returns ``(model, info)``, ``info`` being the checkpoint's
+    other entries (arch, num_outputs, task, class_names, repeat, fold, img_size, mean, std).
+    """
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file
+        raise ValueError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(ckpt, dict) or not {"model", "arch", "num_outputs"} <= set(ckpt):
+        raise ValueError(f"{path}: not a smallct fold checkpoint (expected model, arch and num_outputs)")
+    info = {k: v for k, v in ckpt.items() if k != "model"}
+    model = builder(info["arch"])(info["num_outputs"])
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not fit {info['arch']} ({str(err).splitlines()[0]})") from None
+    return model.to(device).eval(), info

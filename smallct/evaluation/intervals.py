@@ -1,0 +1,109 @@
+"""Intervals: the one place smallct resamples, and the one helper for pooled figures with intervals.
+
+* :func:`bootstrap_indices` draws the resamples; every bootstrap of smallct (pooled cross-validated
+  figures, nested CV, the shortcut audit, the paired comparison of two runs) draws from it, so how
+  resampling is done changes here alone.
+* :func:`pooled_figures`: a figure of all images and its percentile bootstrap interval, for any
+  ``figure(indices) -> {name: value}``; :func:`over_repeats` makes such a figure of repeated-CV
+  predictions (the mean over repeats of the figure of each repeat's pooled out-of-fold predictions).
+* :func:`t_interval`: mean, standard deviation and Student-t interval of the mean of repeated
+  measurements (few-shot episodes, learning-curve folds).
+* :func:`nadeau_bengio`: the corrected resampled t-test of per-fold differences (Nadeau and Bengio 2003).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+from scipy import stats
+
+Figure = Callable[[np.ndarray], dict]
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """``n_boot`` resamples of ``n`` units: index arrays of ``n`` draws with replacement, seeded."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield rng.integers(0, n, n)
+
+
+def bootstrap(figure: Figure, n: int, n_boot: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Each value of ``figure(indices)`` over the resamples of :func:`bootstrap_indices`; resamples where
+    a value is undefined (NaN: one class only, for AUC) are dropped for that value."""
+    values: dict[str, list[float]] = {}
+    for idx in bootstrap_indices(n, n_boot, seed):
+        for k, v in figure(idx).items():
+            if np.isfinite(v):
+                values.setdefault(k, []).append(v)
+    return {k: np.asarray(v) for k, v in values.items()}
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap values."""
+    alpha = (1 - level) / 2
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+
+
+def bootstrap_ci(y: np.ndarray, P: np.ndarray, metric: Callable[[np.ndarray, np.ndarray], dict[str, float]],
+                 n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of each value of ``metric(y, P)`` over images resampled with replacement."""
+    values = bootstrap(lambda idx: metric(y[idx], P[idx]), len(y), n_boot, seed)
+    return {k: percentile_interval(v, level) for k, v in values.items()}
+
+
+def over_repeats(metric: Callable[[np.ndarray, np.ndarray], dict], y: np.ndarray, P: np.ndarray,
+                 names: Sequence[str]) -> Figure:
+    """``figure(indices)``: the mean over repeats of ``metric(y[idx], P[r, idx])`` for each of ``names``.
+
+    ``P`` is (repeats, N, ...) out-of-fold predictions; the metric is computed once per repeat.
+    """
+    def figure(idx: np.ndarray) -> dict:
+        per_repeat = [metric(y[idx], P[r, idx]) for r in range(len(P))]
+        return {k: np.mean([m[k] for m in per_repeat]) for k in names}
+    return figure
+
+
+def pooled_figures(figure: Figure, n: int, ci: Sequence[str], n_boot: int = 1000, seed: int = 0,
+                   level: float = 0.95) -> tuple[dict, dict[str, list[float]]]:
+    """The figures of all ``n`` images, and a percentile bootstrap interval of those named in ``ci``.
+
+    Returns ``(point, intervals)``: ``point = figure(arange(n))``, ``intervals = {name: [low, high]}``.
+    """
+    point = figure(np.arange(n))
+    wanted = set(ci)
+    values = bootstrap(lambda idx: {k: v for k, v in figure(idx).items() if k in wanted}, n, n_boot, seed)
+    return point, {k: list(percentile_interval(v, level)) for k, v in values.items()}
+
+
+def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float, float]:
+    """Mean, standard deviation (ddof=1) and the ``level`` Student-t interval of the mean of ``values``
+    (NaN values left out; NaN where too few remain)."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    mean = float(v.mean()) if len(v) else float("nan")
+    sd = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * sd / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return mean, sd, mean - half, mean + half
+
+
+def nadeau_bengio(diffs: np.ndarray, n_train: float, n_test: float, level: float = 0.95) -> dict:
+    """Corrected resampled t-test (Nadeau and Bengio 2003) of per-fold differences ``diffs`` (J,).
+
+    The variance of the mean is ``(1/J + n_test/n_train) s^2`` instead of ``s^2/J``: the folds'
+    training sets overlap, so their results are correlated. Returns mean, t, df, two-sided p, CI.
+    """
+    diffs = np.asarray(diffs, dtype=float)
+    j = len(diffs)
+    mean = float(diffs.mean())
+    var = float(diffs.var(ddof=1))
+    se = np.sqrt((1 / j + n_test / n_train) * var)
+    df = j - 1
+    if se == 0:
+        t, p = (0.0, 1.0) if mean == 0 else (float(np.sign(mean) * np.inf), 0.0)
+    else:
+        t = mean / se
+        p = float(2 * stats.t.sf(abs(t), df))
+    half = float(stats.t.ppf(0.5 + level / 2, df) * se)
+    return {"mean_difference": mean, "t": float(t), "df": df, "p_value": p, "ci95": [mean - half, mean + half],
+            "n_folds": j, "correction": n_test / n_train}

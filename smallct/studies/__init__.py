@@ -1,0 +1,17 @@
+"""Studies of small data beyond one cross-validation: few-shot episodes and learning curves.
+
+``fewshot``: :func:`run_fewshot` (episodes of k labelled images per class); ``methods``: the embedding
+methods (proto, linear probe, knn, label propagation); ``finetune``: fine-tuning on a few images, shared
+by both; ``summary``: means with t intervals over episodes or folds; ``curve``: :func:`run_curve`.
+"""
+
+from smallct._lazy import exports
+
+__all__, __getattr__, __dir__ = exports(__name__, {
+    "smallct.studies.curve": ["CurveResult", "check_sizes", "draw_training_subset", "run_curve"],
+    "smallct.studies.fewshot": ["FewShotResult", "check_shots", "episode_rng", "run_fewshot", "sample_episode"],
+    "smallct.studies.finetune": ["finetune_predict"],
+    "smallct.studies.methods": ["EMBEDDING_METHODS", "NORMALIZATIONS", "TRANSDUCTIVE", "label_propagation",
+        "linear_probe", "nearest_neighbours", "nearest_prototype", "normalize_embeddings"],
+    "smallct.studies.summary": ["SUMMARY_METRICS", "format_summary", "summarize_episodes"],
+})

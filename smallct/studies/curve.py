@@ -1,0 +1,210 @@
+"""Learning curves: ``python -m smallct.curve``.
+
+Would more labels help? For each training-set size ``n``, each repeat and each fold of a stratified
+k-fold cross-validation, ``n`` images are drawn (stratified) from the fold's training part, a model
+is trained on them and evaluated on the whole test fold. The same draws serve every weight source
+and method (paired comparison). Per (weights, method, n) the run reports mean accuracy, balanced
+accuracy and ROC AUC over folds x repeats, with the standard deviation and a 95% confidence interval
+of the mean (Student t over folds x repeats; test folds of one repeat share no image but their
+training parts overlap, so the interval is approximate).
+
+Methods:
+
+``probe``     a linear probe (:func:`smallct.studies.methods.linear_probe`, fixed ``C``) on frozen embeddings
+              (:mod:`smallct.models.embeddings`, computed once, cached): seconds.
+``finetune``  the whole network trained on the ``n`` images (:mod:`smallct.studies.finetune`): one network per
+              (n, fold, repeat, weights); on a 2-core CPU about 10-30 s per fit of Lite0 at 160 px, so
+              ``--method finetune`` with 5 sizes x 5 folds x 2 weight sources takes 10-30 minutes.
+
+Writes ``curve.csv`` (one row per weights, method and n), ``curve_folds.csv`` (one row per fit),
+``curve.json`` and ``curve.png`` (accuracy with its 95% interval against n, log scale).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import train_test_split
+from tqdm.auto import tqdm
+
+from smallct.config.run import to_dict
+from smallct.config.studies import CurveConfig
+from smallct.data.cache import load_images
+from smallct.data.folds import make_folds
+from smallct.datasets.folder import Dataset, load_data
+from smallct.engine.estimate import fmt_duration
+from smallct.engine.train import resolve_device
+from smallct.evaluation.plots import interval_plot
+from smallct.io.files import atomic_csv, atomic_json
+from smallct.models.embeddings import POOLINGS, load_embeddings
+from smallct.models.weights import WeightSource, resolve_weights
+from smallct.studies.finetune import finetune_fit_seconds, finetune_predict, seconds_per_image
+from smallct.studies.methods import NORMALIZATIONS, linear_probe, normalize_embeddings
+from smallct.studies.summary import episode_figures, format_summary, summarize_episodes
+
+CURVE_METHODS = ("probe", "finetune")
+
+
+def draw_training_subset(train: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` indices drawn from ``train``, stratified by ``labels`` (all of ``train`` when ``n`` covers it), sorted."""
+    if n >= len(train):
+        return np.sort(train)
+    if len(train) - n < len(np.unique(labels[train])):  # too few left out to stratify them: drop them at random
+        drop = np.random.default_rng(seed).choice(len(train), len(train) - n, replace=False)
+        return np.sort(np.delete(train, drop))
+    sub, _ = train_test_split(train, train_size=n, stratify=labels[train], random_state=seed)
+    return np.sort(sub)
+
+
+def check_sizes(sizes: list[int], labels: np.ndarray, folds: np.ndarray) -> str | None:
+    """``ValueError`` when a size is below twice the class count or above the largest training part; a note
+    (else ``None``) when a size exceeds some folds' training parts (those folds train on all of theirs)."""
+    n_classes = len(np.unique(labels))
+    parts = [int((f != k).sum()) for f in folds for k in np.unique(f)]
+    smallest, largest = min(parts), max(parts)
+    bad = [n for n in sizes if n < 2 * n_classes or n > largest]
+    if bad or not sizes:
+        raise ValueError(f"--sizes {','.join(map(str, bad)) or '(empty)'}: need {2 * n_classes} <= n <= {largest} "
+                         f"(two images per class at least; the largest training part holds {largest} images)")
+    over = [n for n in sizes if n > smallest]
+    if over:
+        return (f"note: training parts hold {smallest}-{largest} images (grouped folds are uneven); at n = "
+                f"{','.join(map(str, over))} a fold whose part is smaller trains on all of it "
+                "(n_train in curve_folds.csv)")
+    return None
+
+
+@dataclass
+class CurveResult:
+    out: Path
+    summary: pd.DataFrame
+    folds: pd.DataFrame
+
+
+def check_config(cfg: CurveConfig) -> None:
+    """``ValueError`` naming what is wrong, before any work."""
+    bad = [m for m in cfg.methods if m not in CURVE_METHODS]
+    if bad or not cfg.methods:
+        raise ValueError(f"--method {','.join(bad) or '(empty)'}: expected some of {', '.join(CURVE_METHODS)}")
+    if cfg.pool not in POOLINGS or cfg.normalize not in NORMALIZATIONS:
+        raise ValueError(f"--pool {cfg.pool} / --normalize {cfg.normalize}: expected one of {POOLINGS} / "
+                         f"{NORMALIZATIONS}")
+
+
+def draw_splits(cfg: CurveConfig, labels: np.ndarray, assignment: np.ndarray) -> list[tuple]:
+    """``(n, repeat, fold, training subset, test fold)`` for every size, repeat and fold: the same draws for every
+    weight source and method (a paired comparison)."""
+    splits = []
+    for n in cfg.sizes:
+        for r in range(cfg.repeats):
+            for k in range(cfg.folds):
+                train, test = np.flatnonzero(assignment[r] != k), np.flatnonzero(assignment[r] == k)
+                sub = draw_training_subset(train, labels, n, seed=cfg.seed * 10007 + n * 101 + r * 10 + k)
+                splits.append((n, r, k, sub, test))
+    return splits
+
+
+def _row(weights: str, method: str, n: int, repeat: int, fold: int, y: np.ndarray, P: np.ndarray,
+         n_train: int) -> dict:
+    return {"weights": weights, "method": method, "n": n, "n_train": n_train, "repeat": repeat, "fold": fold,
+            "n_test": len(y), **episode_figures(y, P)}
+
+
+def probe_fits(cfg: CurveConfig, dataset: Dataset, weights: str, source: WeightSource, splits: list,
+               device: torch.device, progress: bool = True, log=print) -> list[dict]:
+    """A linear probe on frozen embeddings for every split."""
+    labels, n_classes = np.asarray(dataset.labels), len(dataset.class_names)
+    img_size = cfg.data.img_size or source.input_size
+    z = load_embeddings(dataset.files, cfg.arch, weights, img_size, cfg.data.resize, cfg.data.crop, pool=cfg.pool,
+                        flip=cfg.flip, seed=cfg.seed, device=device, progress=progress, log=log)
+    z = normalize_embeddings(z, cfg.normalize)
+    return [_row(weights, "probe", n, r, k, labels[test], linear_probe(z[sub], labels[sub], z[test], n_classes,
+                                                                        C=cfg.C), len(sub))
+            for n, r, k, sub, test in splits]
+
+
+def finetune_fits(cfg: CurveConfig, dataset: Dataset, weights: str, source: WeightSource, splits: list,
+                  device: torch.device, progress: bool = True, log=print) -> list[dict]:
+    """The whole network fine-tuned for every split; the duration is said first."""
+    labels, n_classes = np.asarray(dataset.labels), len(dataset.class_names)
+    ft_size = cfg.finetune_img_size or cfg.data.img_size or source.input_size
+    images = load_images(dataset.files, ft_size, cfg.data.resize, cfg.data.crop, progress=progress)
+    per_image = seconds_per_image(cfg.arch, source, images, labels, n_classes, cfg.finetune, device)
+    seconds = sum(finetune_fit_seconds(per_image, cfg.finetune, len(sub), len(test)) for _, _, _, sub, test in splits)
+    log(f"fine-tuning ({weights}): {len(splits)} fits at {ft_size} px, {cfg.finetune.epochs} epochs each; "
+        f"estimated duration: about {fmt_duration(seconds)} on {device.type}")
+    start = time.perf_counter()
+    rows = []
+    for n, r, k, sub, test in tqdm(splits, desc=f"fine-tuning ({weights})", disable=not progress, leave=False):
+        P = finetune_predict(cfg.arch, source, images, labels, sub, test, n_classes, cfg.finetune,
+                             seed=cfg.seed * 10007 + n * 101 + r * 10 + k, device=device)
+        rows.append(_row(weights, "finetune", n, r, k, labels[test], P, len(sub)))
+    log(f"fine-tuning ({weights}) took {fmt_duration(time.perf_counter() - start)}")
+    return rows
+
+
+def run_curve(cfg: CurveConfig, dataset: Dataset | None = None, progress: bool = True, log=print) -> CurveResult:
+    """Train and evaluate every (weights, method, n, repeat, fold) of ``cfg``; write the outputs to ``cfg.out``."""
+    check_config(cfg)
+    sources = {w: resolve_weights(cfg.arch, w) for w in cfg.weights}  # before any work: no weights, no run
+    dataset = dataset if dataset is not None else load_data(cfg.data, cfg.seed, log)
+    labels = np.asarray(dataset.labels)
+    if labels.ndim != 1:
+        raise ValueError("learning curves need one class per image (binary or multi-class), not multi-label")
+    folds = make_folds(dataset, cfg.folds, cfg.repeats, cfg.seed, cfg.data.group_similar, cfg.data.resize,
+                       cfg.data.crop, progress=progress, log=log)  # smallct.cv's folds
+    note = check_sizes(cfg.sizes, labels, folds.assignment)
+    if note:
+        log(note)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"smallct.curve: {cfg.arch}, weights {','.join(cfg.weights)}, methods {','.join(cfg.methods)}, sizes "
+        f"{','.join(map(str, cfg.sizes))}, {cfg.folds} folds x {cfg.repeats} repeats, {len(dataset)} images")
+    splits = draw_splits(cfg, labels, folds.assignment)
+    rows = []
+    for w, source in sources.items():
+        if "probe" in cfg.methods:
+            rows += probe_fits(cfg, dataset, w, source, splits, device, progress, log)
+        if "finetune" in cfg.methods:
+            rows += finetune_fits(cfg, dataset, w, source, splits, device, progress, log)
+    per_fit = pd.DataFrame(rows)
+    summary = summarize_episodes(per_fit, ["weights", "method", "n"])
+    short = {w: w if w in ("imagenet", "none") else Path(w).name for w in cfg.weights}  # a PATH by its file name
+    summary.insert(2, "series", summary["method"] + " / " + summary["weights"].map(short))
+    atomic_csv(out / "curve_folds.csv", per_fit)
+    atomic_csv(out / "curve.csv", summary)
+    atomic_json(out / "curve.json", curve_record(cfg, dataset, sources, summary))
+    interval_plot(summary, "n", "series", out / "curve.png", "training images per fold (n, log scale)",
+                  f"learning curve: {cfg.arch}, {cfg.folds}-fold CV x {cfg.repeats}", logx=True)
+    log(format_summary(summary, ("series", "n")))
+    log(f"outputs: {out}")
+    return CurveResult(out, summary, per_fit)
+
+
+def curve_record(cfg: CurveConfig, dataset: Dataset, sources: dict, summary: pd.DataFrame) -> dict:
+    """``curve.json``: the settings, the weight sources, the data, the summary, and notes on the figures."""
+    return {
+        "config": to_dict(cfg),
+        "weights": {w: s.to_dict() for w, s in sources.items()},
+        "data": {"source": dataset.source, "n_images": len(dataset), "class_names": dataset.class_names,
+                 "synthetic": cfg.data.data is None},
+        "summary": summary.to_dict(orient="records"),
+        "notes": {
+            "n": "training images drawn (stratified) from each fold's training part; all of it when n covers it",
+            "std": "standard deviation over folds x repeats (ddof=1)",
+            "ci95": "95% confidence interval of the mean over folds x repeats (Student t); approximate, since "
+                    "training parts overlap",
+            "selection": "nothing is chosen on a test fold: C, pooling, epochs and learning rate are fixed (the "
+                         "pooling and normalisation defaults come from smallct.fewshot, chosen on Head CT episodes "
+                         "of seed 1)",
+            "normalize": "a per-feature standardize over all images is undone by the probe's own scaler, fitted "
+                         "on the training images only; l2 and none use no other image; center-l2 subtracts the "
+                         "mean of all images (no labels)",
+        },
+    }

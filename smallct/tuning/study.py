@@ -1,0 +1,307 @@
+"""Hyper-parameter tuning with Optuna: :func:`run_study` (``python -m smallct.tune``).
+
+Each trial is one cross-validation (:func:`smallct.engine.cv.run_cv`) with settings drawn from the search
+space (:mod:`smallct.tuning.space`); the objective is the cross-validated figure, the mean over folds of
+``--metric`` (ROC AUC for binary and multi-class tasks, the RSNA weighted log loss for multi-label ones).
+The objective is computed on the same folds a later ``smallct.cv --params best_params.json`` reports, so
+that figure is optimistic (the standard, documented one). :mod:`smallct.engine.nested` makes a choice
+among settings files honest only for candidates fixed without these images: a study's best_params.json
+has seen every fold.
+
+Pruning. After every epoch the trial reports a running figure at step
+``(repeat * folds + fold) * epochs + epoch``: the mean over the folds so far of each fold's per-epoch
+figure (finished folds at their last epoch, the current fold at this epoch), from the test-fold
+columns of the epoch record (``val_auc``, ``val_acc`` or ``val_loss``, without test-time
+augmentation). The pruner (median by default, Hyperband as an option) compares trials at equal steps.
+
+What a study writes under ``--out``:
+
+``optuna.db``           the default storage (``sqlite:///OUT/optuna.db``); the same command resumes
+``study.json``          which study and storage this folder belongs to
+``trials/<number>/``    each trial's cross-validation run folder (checkpoints removed unless kept)
+``best_params.json``    the best trial's settings, read by ``python -m smallct.cv --params``
+``top_trials.csv``      the best finished trials, also printed; ``trials.csv`` holds every trial
+``summary.json``        counts, best value, trials per hour and the epochs pruning saved
+``*.png``               optimisation history, parameter importances, slices, intermediate values
+(the report files: :mod:`smallct.tuning.report`)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from smallct.config.run import CVConfig
+from smallct.config.schema import build
+from smallct.config.studies import TuneConfig
+from smallct.datasets.folder import Dataset, load_data
+from smallct.engine.cv import check_task, run_cv
+from smallct.engine.run_folder import RunFolder, fold_name
+from smallct.io.files import atomic_json
+from smallct.tuning.report import write_report
+from smallct.tuning.space import cv_settings, default_space, describe_space, parse_space, suggest
+from smallct.tuning.storage import default_storage, make_storage, masked
+
+# Objective -> (direction, column of the per-epoch record the pruner follows); the keys are the choices of
+# --metric (smallct.config.studies.Objective).
+OBJECTIVES = {
+    "roc_auc": ("maximize", "val_auc"),
+    "accuracy": ("maximize", "val_acc"),
+    "log_loss": ("minimize", "val_loss"),
+    "weighted_log_loss": ("minimize", "val_loss"),  # per epoch: the unweighted BCE, a close stand-in
+}
+DEFAULT_OBJECTIVE = {"binary": "roc_auc", "multiclass": "roc_auc", "multilabel": "weighted_log_loss"}
+FAILURES = (FloatingPointError, RuntimeError, MemoryError)  # NaN loss, CUDA out of memory, ...
+
+
+def data_fingerprint(dataset: Dataset) -> str:
+    """Ids, labels and classes: equal on every machine that holds the same data, wherever it lies."""
+    h = hashlib.sha1("|".join(dataset.ids).encode())
+    h.update(np.ascontiguousarray(dataset.labels).tobytes())
+    h.update("|".join(dataset.class_names).encode())
+    return h.hexdigest()[:16]
+
+
+def choose_metric(metric: str | None, task: str) -> str:
+    metric = metric or DEFAULT_OBJECTIVE[task]
+    if metric not in OBJECTIVES:
+        raise ValueError(f"--metric {metric}: expected one of {', '.join(OBJECTIVES)}")
+    if (metric == "weighted_log_loss") != (task == "multilabel"):
+        allowed = "weighted_log_loss" if task == "multilabel" else "roc_auc, accuracy or log_loss"
+        raise ValueError(f"--metric {metric}: a {task} task is tuned on {allowed}")
+    return metric
+
+
+def _sampler_seed(seed: int, n_trials: int, worker: int) -> int:
+    # new draws after a resume (the sampler's state is not stored) and for each parallel worker
+    return int(np.random.SeedSequence([seed, n_trials, worker]).generate_state(1)[0])
+
+
+def _pruner(cfg: TuneConfig, steps: int):
+    prune_after = cfg.prune_after if cfg.prune_after is not None else cfg.base.train.epochs // 2
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=prune_after)
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, prune_after), max_resource=steps)
+    if cfg.pruner == "none":
+        return optuna.pruners.NopPruner()
+    raise ValueError(f"--pruner {cfg.pruner}: expected median, hyperband or none")
+
+
+def _check_marker(out: Path, here: dict) -> Path:
+    """``OUT/study.json`` names the study and storage of a study folder; another study's folder is refused."""
+    marker = out / "study.json"
+    if marker.is_file() and json.loads(marker.read_text()) != here:
+        old = json.loads(marker.read_text())
+        raise ValueError(f"{out}: holds study {old['study']} of {old['storage']}; use another --out for study "
+                         f"{here['study']} of {here['storage']}")
+    return marker
+
+
+def _check_setup(study: optuna.Study, cfg: TuneConfig, dataset: Dataset, metric: str, where: str, log) -> None:
+    """Record the fixed settings and data of a new study; refuse a study that holds trials of other ones."""
+    base = cfg.base
+    space = cfg.space if cfg.space is not None else default_space(base.train.epochs)
+    setup = {k: v for k, v in cv_settings(base).items() if k not in space}
+    setup.update(metric=metric, data=data_fingerprint(dataset), n_images=len(dataset),
+                 folds=base.folds, repeats=base.repeats, seed=base.seed)
+    old = study.user_attrs.get("setup")
+    if old is None:
+        study.set_user_attr("setup", setup)
+        study.set_user_attr("space", space)
+        study.set_user_attr("data_source", dataset.source)
+        return
+    changed = [k for k in setup if k in old and old[k] != setup[k]]
+    if changed:
+        what = ", ".join(f"{k} {old[k]} -> {setup[k]}" for k in changed)
+        raise ValueError(f"study {cfg.study} in {where} was run with other settings ({what}); "
+                         "use the same settings, or another --study")
+    if study.user_attrs.get("space") != json.loads(json.dumps(space)):
+        log(f"note: the search space differs from the one study {cfg.study} started with")
+
+
+def open_study(cfg: TuneConfig, dataset: Dataset, log=print) -> optuna.Study:
+    """Create the study, or load it (same command again, ``--resume``, another worker) after checking that
+    it holds trials of the same data and fixed settings."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # smallct.tune prints one line per trial instead
+    out = Path(cfg.base.out)
+    out.mkdir(parents=True, exist_ok=True)
+    url = cfg.storage or default_storage(out)
+    here = {"study": cfg.study, "storage": masked(url)}
+    storage = make_storage(url)
+    exists = cfg.study in optuna.get_all_study_names(storage)
+    if cfg.resume and not exists:
+        raise ValueError(f"--resume: {here['storage']} holds no study named {cfg.study} "
+                         f"(it holds: {', '.join(optuna.get_all_study_names(storage)) or 'none'})")
+    marker = _check_marker(out, here)
+    metric = choose_metric(cfg.metric, dataset.task)
+    direction = OBJECTIVES[metric][0]
+    base = cfg.base
+    steps = base.folds * base.repeats * base.train.epochs
+    n_before = len(optuna.load_study(study_name=cfg.study, storage=storage).trials) if exists else 0
+    sampler = optuna.samplers.TPESampler(n_startup_trials=cfg.startup_trials,
+                                         seed=_sampler_seed(base.seed, n_before, cfg.worker))
+    study = optuna.create_study(storage=storage, study_name=cfg.study, direction=direction, sampler=sampler,
+                                pruner=_pruner(cfg, steps), load_if_exists=True)
+    if study.direction.name.lower() != direction:
+        raise ValueError(f"study {cfg.study}: it is {study.direction.name.lower()}d, but --metric {metric} is "
+                         f"{direction}d; use another --study")
+    _check_setup(study, cfg, dataset, metric, here["storage"], log)
+    if not marker.is_file():
+        atomic_json(marker, here)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if running and cfg.worker == 0:
+        log(f"note: {len(running)} trials are running (other workers, or killed ones): give each worker its own "
+            "--worker index so that their sampler seeds differ")
+    return study
+
+
+class EpochReporter:
+    """``on_epoch`` callback of :func:`smallct.engine.cv.run_cv`: reports the running figure and prunes.
+
+    The running figure at step ``(repeat * folds + fold) * epochs + epoch`` is the mean over the folds so
+    far of each fold's latest per-epoch figure ``record[key]``.
+    """
+
+    def __init__(self, trial: optuna.Trial, key: str, folds: int, epochs: int):
+        self.trial, self.key, self.folds, self.epochs = trial, key, folds, epochs
+        self.latest: dict[tuple[int, int], float] = {}
+        self.epochs_run = 0
+
+    def __call__(self, repeat: int, fold: int, record: dict) -> None:
+        self.epochs_run += 1
+        value = record.get(self.key)
+        if value is None or not math.isfinite(value):
+            return
+        self.latest[(repeat, fold)] = value
+        step = (repeat * self.folds + fold) * self.epochs + record["epoch"]
+        running = float(np.mean(list(self.latest.values())))
+        self.trial.report(running, step)
+        if self.trial.should_prune():
+            self.trial.set_user_attr("pruned_at", f"fold {fold + 1} epoch {record['epoch']} (step {step})")
+            raise optuna.TrialPruned(f"pruned at repeat {repeat + 1} fold {fold + 1} epoch {record['epoch']} "
+                                     f"(step {step}): running {self.key} {running:.4f}")
+
+
+def _record_folds(trial: optuna.Trial, run: RunFolder, metric: str) -> list[float]:
+    """Each finished fold's figure as a user attribute ``<metric>_r<repeat>_f<fold>``."""
+    values = []
+    for fold in run.read_folds():
+        value = fold["metrics"].get(metric)
+        if value is not None:
+            trial.set_user_attr(f"{metric}_{fold_name(fold['repeat'], fold['fold'])}", value)
+            values.append(value)
+    return values
+
+
+def make_objective(cfg: TuneConfig, dataset: Dataset, space: dict, metric: str):
+    """The objective: one cross-validation with the trial's settings; returns the mean over folds."""
+    out = Path(cfg.base.out)
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, space, cfg.base)
+        run = RunFolder(out / "trials" / str(trial.number))
+        shutil.rmtree(run.path, ignore_errors=True)  # a number is used once per study: leftovers are stale
+        # the pruner reads the test fold's figure after every epoch
+        run_cfg = dataclasses.replace(build(CVConfig, params, base=cfg.base, where=f"trial {trial.number}"),
+                                      out=run.path, test_curves=True)
+        trial.set_user_attr("settings", cv_settings(run_cfg))
+        trial.set_user_attr("worker", f"{socket.gethostname()}/{os.getpid()} (worker {cfg.worker})")
+        reporter = EpochReporter(trial, OBJECTIVES[metric][1], run_cfg.folds, run_cfg.train.epochs)
+        start = time.perf_counter()
+        try:
+            result = run_cv(run_cfg, dataset=dataset, progress=False, log=lambda *a, **k: None,
+                            on_epoch=reporter, estimate=False)
+        except FAILURES as err:
+            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted")
+            raise
+        finally:
+            _record_folds(trial, run, metric)
+            trial.set_user_attr("epochs_run", reporter.epochs_run)
+            trial.set_user_attr("epochs_full", run_cfg.folds * run_cfg.repeats * run_cfg.train.epochs)
+            trial.set_user_attr("seconds", time.perf_counter() - start)
+            if not cfg.keep_checkpoints:
+                shutil.rmtree(run.checkpoints_dir, ignore_errors=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        value = result.results["mean_std_over_folds"][metric]["mean"]
+        if not math.isfinite(value):
+            trial.set_user_attr("fail_reason", f"the cross-validated {metric} is {value}")
+        return value
+
+    return objective
+
+
+def _finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, metric: str) -> str:
+    """One printed line per finished trial: its state and figure, the best so far, epochs, minutes, settings."""
+    last = trial.value if trial.value is not None else float("nan")
+    if trial.state == TrialState.PRUNED:
+        value = f"at {trial.user_attrs.get('pruned_at')}, running {OBJECTIVES[metric][1]} {last:.4f}"
+    elif trial.state == TrialState.COMPLETE:
+        value = f"{metric} {trial.value:.4f}"
+    else:
+        value = trial.user_attrs.get("fail_reason", "")
+    best = ""
+    if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        best = f"; best {study.best_value:.4f} (trial {study.best_trial.number})"
+    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    return (f"trial {trial.number} {trial.state.name.lower()}: {value}{best} "
+            f"[{trial.user_attrs.get('epochs_run', 0)}/{trial.user_attrs.get('epochs_full', 0)} epochs, "
+            f"{trial.user_attrs.get('seconds', 0) / 60:.1f} min] {params}")
+
+
+def run_study(cfg: TuneConfig, dataset: Dataset | None = None, progress: bool = True, log=print) -> optuna.Study:
+    """Run (or continue) the study until it holds ``cfg.trials`` finished trials or ``cfg.timeout`` passes.
+
+    Failed trials (NaN loss, out of memory) are recorded with a ``fail_reason`` and the study goes
+    on; they do not count towards ``cfg.trials``, but one call makes at most ``cfg.trials`` minus the
+    finished trials attempts. Returns the study; with ``cfg.report`` the report files are written.
+    """
+    base = cfg.base
+    dataset = dataset if dataset is not None else load_data(base.data, base.seed, log)
+    check_task(base, dataset)
+    raw = cfg.space if cfg.space is not None else default_space(base.train.epochs)
+    space = {k: v for k, v in parse_space(raw).items() if v is not None}  # typed like the cv settings
+    metric = choose_metric(cfg.metric, dataset.task)
+    study = open_study(dataclasses.replace(cfg, space=space), dataset, log)
+    todo = cfg.trials - _finished(study)
+    log(f"smallct.tune: study {cfg.study} in {masked(cfg.storage or default_storage(base.out))}: "
+        f"{len(study.trials)} trials so far, {max(todo, 0)} to run; objective: mean over {base.folds} folds "
+        f"x {base.repeats} repeats of {metric} ({study.direction.name.lower()}), {cfg.pruner} pruner")
+    log(describe_space(space))
+    if todo > 0:
+        bar = tqdm(total=todo, desc=f"study {cfg.study}", unit="trial", disable=not progress)
+
+        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            bar.update()
+            tqdm.write(trial_line(study, trial, metric), file=sys.stdout)
+
+        study.optimize(make_objective(cfg, dataset, space, metric), n_trials=todo, timeout=cfg.timeout,
+                       catch=FAILURES, gc_after_trial=True,
+                       callbacks=[optuna.study.MaxTrialsCallback(cfg.trials, (TrialState.COMPLETE, TrialState.PRUNED)),
+                                  after_trial])
+        bar.close()
+    if cfg.report:
+        write_report(study, cfg, metric, log=log)
+    return study

@@ -1,0 +1,185 @@
+"""Prediction with the fold models of a run: reproduces out-of-fold probabilities, TTA, DICOM, RSNA submission."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from smallct.apply import predict as P
+from smallct.predict import main
+from smallct.datasets.folder import load_dataset
+from smallct.engine.run_folder import load_fold_model, load_run, Run
+
+
+def quiet(*_args):
+    pass
+
+
+def test_load_run_and_fold_model(small_run):
+    run = load_run(small_run)
+    assert [c.name for c in run.checkpoints] == ["r0_f0", "r0_f1"]
+    assert run.arch == "resnet18" and run.task == "binary" and run.input["img_size"] == 32
+    model, info = load_fold_model(run.checkpoints[1].path)
+    assert not model.training and info["fold"] == 1 and info["num_outputs"] == 2 and "model" not in info
+    with pytest.raises(ValueError, match="no fold model 'r0_f7'"):
+        run.checkpoint("r0_f7")
+    with pytest.raises(ValueError, match="not a smallct.cv run folder"):
+        load_run(small_run.parent)
+
+
+def test_load_fold_model_is_strict(small_run, tmp_path):
+    ckpt = torch.load(small_run / "checkpoints" / "r0_f0.pt", weights_only=True)
+    del ckpt["model"]["layer4.1.bn2.weight"]
+    torch.save(ckpt, tmp_path / "r0_f0.pt")
+    with pytest.raises(ValueError, match="do not fit resnet18"):
+        load_fold_model(tmp_path / "r0_f0.pt")
+
+
+def test_each_fold_model_reproduces_its_out_of_fold_probabilities(small_run, phantom_dir):
+    run = load_run(small_run)
+    dataset = load_dataset(phantom_dir)
+    oof = run.oof().set_index("id")
+    for ckpt in run.checkpoints:
+        test = json.loads((small_run / "folds" / f"{ckpt.name}.json").read_text())["test_index"]
+        files = [dataset.files[i] for i in test]
+        table = P.predict([run], files, folds=[ckpt.name], progress=False, log=quiet)
+        expected = oof.loc[[dataset.ids[i] for i in test]]
+        assert (expected["fold"] == ckpt.fold).all()
+        np.testing.assert_allclose(table["prob"], expected["prob"], atol=1e-5)
+        assert (table["pred"].to_numpy() == expected["pred"].to_numpy()).all()
+
+
+def test_cli_averages_the_fold_models(small_run, phantom_dir, tmp_path, capsys):
+    out = tmp_path / "preds.csv"
+    assert main(["--run", str(small_run), "--data", str(phantom_dir), "--out", str(out), "--no-progress"]) == 0
+    table = pd.read_csv(out, dtype={"id": str})
+    assert len(table) == 40 and list(table.columns) == ["id", "file", "prob", "pred", "pred_class"]
+    assert table["id"].iloc[0] == "000" and table["file"].iloc[0].endswith("000.png")
+    run = load_run(small_run)
+    x = P.model_inputs([Path(f) for f in table["file"]], run.input, progress=False)
+    per_fold = P.fold_probabilities(run, x, progress=False)
+    assert per_fold.shape == (2, 40, 2)
+    assert np.abs(per_fold[0] - per_fold[1]).max() > 1e-3  # two different models ...
+    np.testing.assert_allclose(table["prob"], per_fold.mean(0)[:, 1], atol=1e-6)  # ... averaged
+    assert (table["pred"] == (table["prob"] > 0.5).astype(int)).all()
+    chunked = P.predict([run], table["file"].tolist(), chunk=7, progress=False, log=quiet)  # 6 chunks
+    np.testing.assert_allclose(chunked["prob"], table["prob"], atol=1e-6)
+
+
+def test_runs_are_averaged_with_equal_weight(small_run, phantom_dir, tmp_path):
+    # a second "run": the same folder with only its second fold model
+    other = tmp_path / "other"
+    shutil.copytree(small_run, other)
+    (other / "checkpoints" / "r0_f0.pt").unlink()
+    files = load_dataset(phantom_dir).files[:6]
+    out = tmp_path / "preds.csv"
+    assert main(["--run", str(small_run), "--run", str(other), "--data", *map(str, files), "--out", str(out),
+                   "--no-progress"]) == 0
+    fold = [P.predict([small_run], files, folds=[f], progress=False, log=quiet)["prob"] for f in ("r0_f0", "r0_f1")]
+    expected = 0.5 * (fold[0] + fold[1]) / 2 + 0.5 * fold[1]  # each run's folds first, then the runs
+    np.testing.assert_allclose(pd.read_csv(out)["prob"], expected, atol=1e-6)
+
+
+def _png(path: Path, pixels: np.ndarray) -> Path:
+    Image.fromarray(pixels.astype(np.uint8)).save(path)
+    return path
+
+
+def test_tta_changes_nothing_for_a_left_right_symmetric_image(small_run, tmp_path):
+    # 32 x 32 like the run's input, no dark border: prepare() leaves it as it is
+    rows, cols = np.mgrid[0:32, 0:32]
+    grey = 40 + 6 * rows + 3 * np.abs(cols - 15.5)  # mirror-symmetric, not top-bottom symmetric
+    symmetric = _png(tmp_path / "symmetric.png", np.repeat(grey[:, :, None], 3, axis=2))
+    asymmetric = _png(tmp_path / "asymmetric.png", np.repeat((40 + 6 * rows + 5 * cols)[:, :, None], 3, axis=2))
+    files = [symmetric, asymmetric]
+    plain = P.predict([small_run], files, tta=False, progress=False, log=quiet)["prob"].to_numpy()
+    tta = P.predict([small_run], files, tta=True, progress=False, log=quiet)["prob"].to_numpy()
+    assert tta[0] == pytest.approx(plain[0], abs=1e-6)
+    assert abs(tta[1] - plain[1]) > 1e-5  # the mirror is used: an asymmetric image changes
+
+
+def test_runs_of_other_classes_are_not_averaged(small_run):
+    run = load_run(small_run)
+    other = Run(Path("other"), {**run.record, "class_names": ["normal", "bleed"]}, run.checkpoints)
+    with pytest.raises(ValueError, match="cannot be averaged"):
+        P.check_compatible([run, other])
+
+
+def test_cli_errors_are_one_line(small_run, tmp_path, capsys):
+    assert main(["--run", str(small_run), "--data", str(tmp_path / "absent"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("smallct.predict: error: ") and "absent: no such file or folder" in err
+    assert len(err.strip().splitlines()) == 1
+    png = _png(tmp_path / "a.png", np.full((8, 8), 99))
+    assert main(["--run", str(small_run), "--data", str(png), "--submission", str(tmp_path / "s.csv")]) == 2
+    assert "needs a multi-label RSNA run" in capsys.readouterr().err
+    assert main(["--run", str(small_run), "--data", str(png), "--fold", "r1_f0"]) == 2
+    assert "no fold model 'r1_f0'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def rsna_run(tmp_path_factory):
+    """A tiny multi-label run on PNGs prepared from synthetic RSNA DICOM (smallct.prepare rsna)."""
+    from smallct import cv, prepare
+    from smallct.datasets.synthetic_dicom import write_synthetic_rsna
+
+    root = tmp_path_factory.mktemp("rsna")
+    synthetic = write_synthetic_rsna(root / "dicom", n_patients=6, slices_per_series=4, seed=1)
+    assert prepare.main(["rsna", "--dicom", str(synthetic["root"]), "--labels", str(synthetic["labels"]),
+                         "--out", str(root / "prepared"), "--size", "48", "--workers", "1", "--no-progress"]) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SMALLCT_CACHE", str(root / "cache"))
+        assert cv.main(["--data", str(root / "prepared"), "--arch", "resnet18", "--weights", "none",
+                        "--img-size", "32", "--epochs", "1", "--batch-size", "8", "--folds", "2", "--no-tta",
+                        "--workers", "1", "--out", str(root / "run"), "--no-progress"]) == 0
+    return root, synthetic
+
+
+def test_dicom_input_is_prepared_as_the_training_pngs(rsna_run, tmp_path):
+    root, synthetic = rsna_run
+    run = load_run(root / "run")
+    assert run.task == "multilabel" and run.input["windows"] == ["brain", "subdural", "bone"]
+    assert run.input["prepared_size"] == 48
+    dicom = [f for f in synthetic["files"] if f.stem != synthetic["corrupt"]]
+    pngs = [root / "prepared" / "images" / f"{f.stem}.png" for f in dicom]
+    x_dicom = P.model_inputs(dicom, run.input, progress=False)
+    x_png = P.model_inputs(pngs, run.input, progress=False)
+    assert torch.equal(x_dicom, x_png)
+
+    out, sub = tmp_path / "preds.csv", tmp_path / "submission.csv"
+    assert main(["--run", str(root / "run"), "--data", *map(str, dicom), "--out", str(out),
+                   "--submission", str(sub), "--no-progress"]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["id", "file", *(f"prob_{n}" for n in run.class_names)]
+    assert table["id"].tolist() == [f.stem for f in dicom]
+    submission = pd.read_csv(sub)
+    assert list(submission.columns) == ["ID", "Label"] and len(submission) == 6 * len(dicom)
+    first = table.iloc[0]
+    assert submission["ID"].iloc[:6].tolist() == [f"{first['id']}_{n}" for n in run.class_names]
+    np.testing.assert_allclose(submission["Label"].iloc[:6], [first[f"prob_{n}"] for n in run.class_names])
+
+
+def test_rsna_submission_needs_image_ids():
+    table = pd.DataFrame({"id": ["ID_0a1b", "scan7"], "prob_any": [0.1, 0.2]})
+    with pytest.raises(ValueError, match="scan7 are not RSNA image ids"):
+        P.rsna_submission(table, ["any"])
+    table = pd.DataFrame({"id": ["ID_0a1b", "ID_ff"], "prob_any": [0.1, 0.2], "prob_epidural": [0.3, 0.4]})
+    sub = P.rsna_submission(table, ["any", "epidural"])
+    assert sub["ID"].tolist() == ["ID_0a1b_any", "ID_0a1b_epidural", "ID_ff_any", "ID_ff_epidural"]
+    assert sub["Label"].tolist() == [0.1, 0.3, 0.2, 0.4]
+
+
+def test_a_fold_model_prepared_otherwise_than_run_json_is_refused(small_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(small_run, run_dir)
+    record = json.loads((run_dir / "run.json").read_text())
+    record["input"]["resize"] = "squash"  # as if the fold models came from a candidate that pads, run.json squashes
+    (run_dir / "run.json").write_text(json.dumps(record))
+    run = load_run(run_dir)
+    with pytest.raises(ValueError, match="resize differ from run.json"):
+        P.load_models(run, run.checkpoints)

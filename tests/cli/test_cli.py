@@ -1,0 +1,137 @@
+"""The command line: one runner for every command, flags made from the dataclasses, one error path."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import smallct
+import smallct.cv
+from smallct import cli
+from smallct.cli.commands.cv import config_from_argv
+from smallct.cli.runner import Command, command_parser, execute
+from smallct.config import CVConfig, DataConfig, TrainConfig
+from tests.conftest import REPO
+
+HEAVY = ("torch", "pandas", "matplotlib")
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_version_and_the_table_of_commands(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"smallct {smallct.__version__}"
+    assert list(cli.COMMANDS) == ["data", "prepare", "cv", "nested", "tune", "fewshot", "curve", "audit", "compare",
+                                  "predict", "explain", "export"]
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    listed = capsys.readouterr().out
+    assert all(f"    {name} " in listed for name in cli.COMMANDS)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["cv", "--help"], ["tune", "--help"], ["prepare", "rsna", "--help"]])
+def test_help_loads_no_torch_pandas_or_matplotlib(argv):
+    result = _python("import sys\nfrom smallct import cli\n"
+                     f"try:\n    cli.main({argv!r})\nexcept SystemExit as e:\n    assert e.code == 0\n"
+                     f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("name", list(cli.COMMANDS))
+def test_every_command_runs_as_python_dash_m(name):
+    result = subprocess.run([sys.executable, "-m", f"smallct.{name}", "--help"], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: python -m smallct.{name}")
+
+
+def test_console_and_module_errors_are_one_line_naming_the_command(tmp_path, capsys):
+    assert cli.main(["cv", "--data", str(tmp_path / "nowhere"), "--weights", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("smallct cv: error: ") and "nowhere: no such folder" in err and err.count("\n") == 1
+    assert smallct.cv.main(["--data", str(tmp_path / "nowhere"), "--weights", "none"]) == 2
+    assert capsys.readouterr().err.startswith("smallct.cv: error: ")
+
+
+class _Raises(Command):
+    name = "raises"
+    progress = False
+
+    def __init__(self, error):
+        self.error = error
+
+    def add_arguments(self, parser):
+        parser.add_argument("--out", default="here")
+
+    def run(self, args):
+        raise self.error
+
+    def kept(self, args):
+        return f"finished work is kept in {args.out}; run the same command again to resume"
+
+
+@pytest.mark.parametrize("error, code, first", [
+    (ValueError("x.png: cannot read image"), 2, "smallct raises: error: x.png: cannot read image"),
+    (FileNotFoundError("no such file: y"), 2, "smallct raises: error: no such file: y"),
+    (FloatingPointError("loss is nan at epoch 2: lower the learning rate (fold r0_f1 of runs/cv)"), 2,
+     "smallct raises: error: loss is nan at epoch 2: lower the learning rate (fold r0_f1 of runs/cv)"),
+    (KeyboardInterrupt(), 130, "interrupted: finished work is kept in here; run the same command again to resume"),
+])
+def test_one_error_path(capsys, error, code, first):
+    command = _Raises(error)
+    args = command_parser(command, "smallct raises").parse_args([])
+    assert execute(command, args, "smallct raises") == code
+    err = capsys.readouterr().err.strip()
+    assert err == first and "Traceback" not in err
+
+
+def test_a_nan_loss_names_its_fold_and_keeps_the_finished_ones(phantom_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["cv", "--data", str(phantom_dir), "--arch", "resnet18", "--weights", "none", "--img-size", "32",
+                     "--epochs", "1", "--folds", "2", "--lr", "inf", "--no-tta", "--out", str(out),
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("smallct cv: error: ") and "lower the learning rate (fold r0_f0 of" in err, err
+    assert "\n" not in err
+    assert (out / "run.json").is_file() and not list((out / "folds").glob("*.json"))
+
+
+def test_flags_come_from_the_dataclasses():
+    parser = command_parser(cli.COMMANDS["cv"], "smallct cv")
+    actions = {a.dest: a for a in parser._actions}
+    for cls in (DataConfig, TrainConfig):
+        for f in dataclasses.fields(cls):
+            assert f.name in actions, f.name  # every setting has its flag
+    assert actions["optimizer"].choices == ["sgd", "adam", "adamw"]  # from TrainConfig.optimizer's Literal
+    assert isinstance(actions["tta"], argparse.BooleanOptionalAction)
+    assert "(default 0.92)" in actions["group_similar"].help  # the default, shown, from DataConfig
+    assert config_from_argv([]) == CVConfig()  # no flag given: the dataclass defaults, untouched
+    cfg = config_from_argv(["--lr", "0.01", "--group-similar", "0", "--no-crop", "--img-size", "64"])
+    assert (cfg.train.lr, cfg.data.group_similar, cfg.data.crop, cfg.data.img_size) == (0.01, None, False, 64)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"learning_rate": 0.1}, "unknown settings learning_rate"),
+    ({"lr": "fast"}, "lr: cannot read 'fast' as a number"),
+    ({"epochs": 2.5}, "epochs: cannot read 2.5 as an integer"),
+    ({"optimizer": "lion"}, "optimizer: 'lion' is not one of sgd, adam, adamw"),
+    ({"out": "elsewhere"}, "unknown settings out"),
+])
+def test_a_settings_file_is_checked_against_the_dataclasses(tmp_path, capsys, settings, message):
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps(settings))
+    assert cli.main(["cv", "--params", str(params), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"smallct cv: error: {params}: ") and message in err and "\n" not in err
+    assert not (tmp_path / "run").exists()  # refused before any work

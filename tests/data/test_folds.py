@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from smallct.data.folds import fold_assignment
+
+
+def test_stratified_repeatable_and_reshuffled():
+    y = np.array([0] * 100 + [1] * 100)
+    a = fold_assignment(y, folds=5, repeats=2, seed=3)
+    assert a.shape == (2, 200)
+    np.testing.assert_array_equal(a, fold_assignment(y, folds=5, repeats=2, seed=3))
+    for r in range(2):
+        for k in range(5):
+            assert (a[r] == k).sum() == 40 and y[a[r] == k].sum() == 20  # 20 of each class per fold
+    assert not np.array_equal(a[0], a[1])  # each repeat reshuffled
+    assert not np.array_equal(a[0], fold_assignment(y, folds=5, seed=4)[0])
+
+
+def test_groups_never_split_a_patient():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(30), 4)
+    y = np.repeat(rng.integers(0, 2, 30), 4)
+    a = fold_assignment(y, folds=5, seed=0, groups=groups)[0]
+    for g in range(30):
+        assert len(set(a[groups == g])) == 1
+
+
+def test_too_many_folds_is_a_clear_error():
+    with pytest.raises(ValueError, match="smallest class has only 3"):
+        fold_assignment(np.array([0] * 10 + [1] * 3), folds=5)
+
+
+def test_make_folds_returns_the_groups_it_respects(head_ct_dir):
+    from smallct.data.folds import make_folds
+    from smallct.datasets.folder import load_dataset
+
+    dataset = load_dataset(head_ct_dir)
+    folds = make_folds(dataset, folds=5, repeats=2, seed=0, log=lambda *_: None)
+    assert folds.assignment.shape == (2, 200) and (folds.repeats, folds.folds) == (2, 5)
+    assert folds.threshold == 0.92 and len(folds.similar) == 49
+    for r in range(2):
+        for g in np.unique(folds.groups):  # every near-duplicate group inside one test fold
+            assert len(set(folds.assignment[r][folds.groups == g])) == 1
+    linked = [(i, j) for i, j, _ in folds.similar]
+    assert all(folds.groups[i] == folds.groups[j] for i, j in linked)
+    record = folds.similar_record(dataset.ids)
+    assert record["threshold"] == 0.92 and record["pairs"][0][:2] == [dataset.ids[linked[0][0]],
+                                                                      dataset.ids[linked[0][1]]]
+    splits = list(folds.split(1))
+    assert [k for k, _, _ in splits] == [0, 1, 2, 3, 4]
+    assert all(set(train).isdisjoint(test) and len(train) + len(test) == 200 for _, train, test in splits)
+    off = make_folds(dataset, folds=5, group_similar=None, log=lambda *_: None)
+    assert off.groups is None and off.similar == [] and off.threshold is None

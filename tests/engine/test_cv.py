@@ -1,0 +1,156 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from smallct.config.run import CVConfig, DataConfig, from_dict, TrainConfig
+from smallct.cli.commands.cv import config_from_argv
+from smallct.cv import main
+from smallct.engine.cv import run_cv
+from smallct.datasets.phantom import write_phantom_png_set
+
+TINY = TrainConfig(epochs=1, batch_size=16, tta=False)
+
+
+def tiny_cfg(out, data, **kw):
+    train = kw.pop("train", TINY)
+    return CVConfig(arch="resnet18", weights="none", folds=kw.pop("folds", 2), out=out,
+                    data=DataConfig(data=data, img_size=kw.pop("img_size", 32)), train=train, **kw)
+
+
+def test_cli_on_real_head_ct_writes_the_whole_run_folder(tmp_path, head_ct_dir, capsys):
+    out = tmp_path / "run"
+    code = main(["--data", str(head_ct_dir), "--arch", "resnet18", "--weights", "none", "--img-size", "32",
+                 "--epochs", "1", "--folds", "5", "--repeats", "2", "--batch-size", "32", "--out", str(out),
+                 "--no-progress"])
+    assert code == 0
+    for name in ("run.json", "results.json", "oof.csv", "history.csv", "curves.png", "roc.png", "confusion.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert len(list((out / "checkpoints").glob("r*_f*.pt"))) == 10
+    oof = pd.read_csv(out / "oof.csv", dtype={"id": str})
+    assert len(oof) == 400
+    for _, per_repeat in oof.groupby("repeat"):
+        assert len(per_repeat) == 200 and per_repeat["id"].is_unique
+        assert sorted(per_repeat["fold"].unique()) == [0, 1, 2, 3, 4]
+    run = json.loads((out / "run.json").read_text())
+    assert run["class_names"] == ["0", "1"] and run["input"]["img_size"] == 32
+    assert run["weights"]["kind"] == "none" and len(run["input"]["mean"]) == 3
+    assert len(run["folds"]["assignment"]) == 2 and run["versions"]["torch"] == torch.__version__
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["per_fold"]) == 10 and results["complete"]
+    lo, hi = results["pooled_oof_ci95"]["accuracy"]
+    assert lo <= results["pooled_oof"]["accuracy"] <= hi
+    history = pd.read_csv(out / "history.csv")
+    assert {"train_loss", "val_loss", "train_acc", "val_acc", "epoch", "fold", "repeat"} <= set(history.columns)
+    printed = capsys.readouterr().out
+    assert "pooled out-of-fold accuracy" in printed and "estimated duration" in printed
+
+
+def test_synthetic_default_says_so(tmp_path, capsys):
+    cfg = tiny_cfg(tmp_path / "run", None)
+    cfg.data.phantom_n = 20
+    run_cv(cfg, progress=False)
+    printed = capsys.readouterr().out
+    assert "SYNTHETIC DATA" in printed and "--data" in printed
+
+
+def test_deterministic_under_a_seed(tmp_path, phantom_dir):
+    a = run_cv(tiny_cfg(tmp_path / "a", phantom_dir), progress=False, log=lambda *_: None)
+    b = run_cv(tiny_cfg(tmp_path / "b", phantom_dir), progress=False, log=lambda *_: None)
+    pd.testing.assert_frame_equal(a.oof, b.oof)
+    c = run_cv(tiny_cfg(tmp_path / "c", phantom_dir, seed=1), progress=False, log=lambda *_: None)
+    assert not c.oof.set_index("id")["fold"].equals(a.oof.set_index("id")["fold"])
+
+
+def test_resume_skips_finished_folds_and_refuses_other_settings(tmp_path, phantom_dir):
+    out = tmp_path / "run"
+    first = run_cv(tiny_cfg(out, phantom_dir, folds=3), progress=False, log=lambda *_: None)
+    # simulate a run interrupted after fold 0: remove the later folds' results
+    for name in ("r0_f1", "r0_f2"):
+        (out / "folds" / f"{name}.json").unlink()
+    marker = (out / "folds" / "r0_f0.json").stat().st_mtime_ns
+    second = run_cv(tiny_cfg(out, phantom_dir, folds=3), progress=False, log=lambda *_: None)
+    assert (out / "folds" / "r0_f0.json").stat().st_mtime_ns == marker  # not redone
+    pd.testing.assert_frame_equal(first.oof, second.oof)  # redone folds give the same figures
+    with pytest.raises(ValueError, match="other settings"):
+        run_cv(tiny_cfg(out, phantom_dir, folds=3, seed=5), progress=False, log=lambda *_: None)
+
+
+def test_model_learns_an_easy_synthetic_set(tmp_path):
+    data = write_phantom_png_set(tmp_path / "easy", n=64, seed=1, lesion_scale=2.5)
+    train = TrainConfig(epochs=10, batch_size=16, lr=2e-3, tta=False)
+    result = run_cv(tiny_cfg(tmp_path / "run", data, img_size=64, train=train), progress=False,
+                    log=lambda *_: None)
+    # chance is 0.5 for both; measured here: accuracy 0.67, AUC 0.82 (64 images, 2 folds, 10 epochs at 64 px)
+    assert result.results["pooled_oof"]["roc_auc"] >= 0.75
+    assert result.results["pooled_oof"]["accuracy"] >= 0.62
+
+
+def test_missing_weights_stop_before_any_work(tmp_path, phantom_dir, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    out = tmp_path / "run"
+    code = main(["--data", str(phantom_dir), "--arch", "resnet34", "--weights", "imagenet", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "resnet34-" in err and "--weights none" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_bad_data_is_one_line_error(tmp_path, capsys):
+    assert main(["--data", str(tmp_path / "nowhere"), "--weights", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere: no such folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_params_file_sets_defaults_and_is_recorded(tmp_path, phantom_dir):
+    params = tmp_path / "best_params.json"
+    params.write_text(json.dumps({"lr": 0.0123, "optimizer": "sgd", "momentum": 0.8, "_note": "tuned by study x"}))
+    out = tmp_path / "run"
+    assert main(["--data", str(phantom_dir), "--weights", "none", "--img-size", "32", "--epochs", "1",
+                 "--folds", "2", "--params", str(params), "--momentum", "0.7", "--out", str(out),
+                 "--no-progress"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    train = from_dict(TrainConfig, run["config"]["train"])
+    assert train.lr == 0.0123 and train.optimizer == "sgd" and train.momentum == 0.7  # the flag wins
+    assert "tuned by study x" in json.loads((out / "results.json").read_text())["settings_source"]
+    params.write_text(json.dumps({"learning_rate": 1}))
+    assert main(["--data", str(phantom_dir), "--params", str(params), "--out", str(tmp_path / "r2")]) == 2
+
+
+def test_config_round_trips_through_run_json(tmp_path, phantom_dir):
+    cfg = tiny_cfg(tmp_path / "run", phantom_dir)
+    run_cv(cfg, progress=False, log=lambda *_: None)
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert from_dict(CVConfig, saved) == cfg
+    assert np.isclose(saved["train"]["lr"], cfg.train.lr)
+
+
+def test_a_shipped_recipe_is_read_by_name_and_flags_still_win(tmp_path):
+    cfg = config_from_argv(["--params", "lite0_finetune", "--epochs", "3"])
+    assert (cfg.arch, cfg.weights, cfg.data.img_size) == ("tf_efficientnet_lite0", "imagenet", 192)
+    assert (cfg.train.freeze_epochs, cfg.train.backbone_lr_mult, cfg.train.epochs) == (1, 0.5, 3)
+    assert "seed-1 folds" in cfg.params_source  # results.json says where the settings came from
+    with pytest.raises(ValueError, match="no_such_recipe: no such settings file, nor a recipe .*lite0_finetune"):
+        config_from_argv(["--params", "no_such_recipe"])
+
+
+def test_no_test_curves_skips_the_per_epoch_test_evaluation_only(tmp_path, phantom_dir):
+    with_curves = run_cv(tiny_cfg(tmp_path / "a", phantom_dir, workers=1), progress=False, log=lambda *_: None)
+    without = run_cv(tiny_cfg(tmp_path / "b", phantom_dir, workers=1, test_curves=False), progress=False,
+                     log=lambda *_: None)
+    assert "val_loss" in with_curves.history and "val_loss" not in without.history
+    assert without.oof["prob"].to_numpy() == pytest.approx(with_curves.oof["prob"].to_numpy(), abs=1e-6)
+    assert (tmp_path / "b" / "curves.png").is_file()  # the training curves are still drawn
+
+
+def test_images_given_to_run_cv_must_match_the_data_and_size(tmp_path, phantom_dir):
+    from smallct.datasets.folder import load_dataset
+
+    dataset = load_dataset(phantom_dir)
+    wrong = torch.zeros((len(dataset), 3, 16, 16), dtype=torch.uint8)  # decoded at 16 px, the run wants 32
+    with pytest.raises(ValueError, match=r"images: shape \(40, 3, 16, 16\), expected \(40, 3, 32, 32\)"):
+        run_cv(tiny_cfg(tmp_path / "run", phantom_dir), dataset=dataset, images=wrong, progress=False,
+               log=lambda *_: None)
+    assert not (tmp_path / "run").exists()  # refused before anything is written

@@ -1,0 +1,167 @@
+"""Few-shot episodes, methods, summaries and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from smallct.fewshot import main
+from smallct.studies.fewshot import check_shots, episode_rng, sample_episode
+from smallct.studies.methods import (EMBEDDING_METHODS, label_propagation, linear_probe, nearest_neighbours,
+                                     nearest_prototype, normalize_embeddings)
+from smallct.studies.summary import summarize_episodes
+
+
+def test_episode_draws_k_per_class_and_queries_the_rest():
+    labels = np.array([0] * 12 + [1] * 8)
+    support, query = sample_episode(labels, 3, episode_rng(0, 3, 0))
+    assert len(support) == 6 and np.bincount(labels[support]).tolist() == [3, 3]
+    assert set(support).isdisjoint(query) and sorted([*support, *query]) == list(range(20))
+    again, _ = sample_episode(labels, 3, episode_rng(0, 3, 0))
+    other, _ = sample_episode(labels, 3, episode_rng(0, 3, 1))
+    assert (again == support).all() and not (other == support).all()
+
+
+def test_shots_must_leave_queries_in_every_class():
+    labels = np.array([0] * 12 + [1] * 8)
+    check_shots(labels, [1, 7])
+    with pytest.raises(ValueError, match="--shots 8: need 1 <= k < 8"):
+        check_shots(labels, [1, 8])
+    with pytest.raises(ValueError, match="multi-label"):
+        check_shots(np.zeros((5, 2)), [1])
+
+
+def _clusters(n_per_class=30, dim=32, shift=3.0, seed=0):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(2 * n_per_class, dim))
+    y = np.repeat([0, 1], n_per_class)
+    z[y == 1, :4] += shift
+    return z, y
+
+
+@pytest.mark.parametrize("method", ["proto", "linear", "knn", "labelprop"])
+def test_methods_learn_separable_embeddings_and_not_noise(method):
+    z, y = _clusters()
+    z = normalize_embeddings(z, "center-l2")
+    support = np.r_[0:5, 30:35]
+    query = np.setdiff1d(np.arange(60), support)
+    P = EMBEDDING_METHODS[method](z[support], y[support], z[query], 2, C=0.1, knn_k=5)
+    assert P.shape == (50, 2) and np.allclose(P.sum(1), 1, atol=1e-3)
+    assert (P.argmax(1) == y[query]).mean() > 0.9
+    shuffled = np.random.default_rng(1).permutation(y)  # labels unrelated to the embeddings
+    P = EMBEDDING_METHODS[method](z[support], shuffled[support], z[query], 2, C=0.1, knn_k=5)
+    assert (P.argmax(1) == shuffled[query]).mean() < 0.75
+
+
+def test_nearest_prototype_is_cosine_to_class_means():
+    zs = np.array([[1.0, 0.0], [1.0, 0.2], [0.0, 1.0]])
+    ys = np.array([0, 0, 1])
+    zq = np.array([[2.0, 0.3], [0.1, 3.0], [1.0, 1.2]])
+    P = nearest_prototype(zs, ys, zq, 2)
+    assert P.argmax(1).tolist() == [0, 1, 1]  # the last: cosine 0.77 to (0, 1), 0.71 to the class-0 mean (1, 0.1)
+    cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)  # noqa: E731
+    gap = cos(zq[2], np.array([0.0, 1.0])) - cos(zq[2], np.array([1.0, 0.1]))
+    assert P[2, 1] == pytest.approx(1 / (1 + np.exp(-10 * gap)), rel=1e-9)
+    # the scale of an embedding does not matter (cosine)
+    assert np.allclose(nearest_prototype(zs, ys, 5 * zq, 2), P)
+
+
+def test_knn_uses_at_most_the_shots_per_class():
+    zs = np.array([[1.0, 0.0], [0.0, 1.0]])  # one shot per class: 1-nearest neighbour
+    P = nearest_neighbours(zs, np.array([0, 1]), np.array([[0.9, 0.2], [0.2, 0.9]]), 2, knn_k=5)
+    assert P.argmax(1).tolist() == [0, 1] and P.max() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_label_propagation_follows_the_query_clusters():
+    # two elongated clusters: query images far from the support are reached through their neighbours
+    t = np.linspace(0, 1, 30)[:, None]
+    a = np.hstack([np.cos(t * 1.2), np.sin(t * 1.2), np.zeros_like(t)])
+    b = np.hstack([np.zeros_like(t), np.sin(t * 1.2 + 0.2), np.cos(t * 1.2 + 0.2)])
+    z = np.concatenate([a, b]) + np.random.default_rng(0).normal(scale=0.01, size=(60, 3))
+    y = np.repeat([0, 1], 30)
+    support = np.array([0, 30])
+    query = np.setdiff1d(np.arange(60), support)
+    P = label_propagation(z[support], y[support], z[query], 2, neighbours=4)
+    assert np.allclose(P.sum(1), 1) and (P.argmax(1) == y[query]).mean() > 0.95
+
+
+def test_linear_probe_handles_a_query_set_and_returns_probabilities():
+    z, y = _clusters(seed=3)
+    P = linear_probe(z[::2], y[::2], z[1::2], 2, C=0.1)
+    assert ((P > 0) & (P < 1)).all() and (P.argmax(1) == y[1::2]).mean() > 0.9
+
+
+def test_summary_mean_std_and_t_interval():
+    df = pd.DataFrame({"method": ["a"] * 4 + ["b"] * 2, "shots": 1, "accuracy": [0.5, 0.6, 0.7, 0.8, 0.9, 0.9],
+                       "balanced_accuracy": 0.5, "roc_auc": [0.5, np.nan, 0.7, 0.9, 1.0, 1.0]})
+    s = summarize_episodes(df, ["method", "shots"]).set_index("method")
+    v = np.array([0.5, 0.6, 0.7, 0.8])
+    half = stats.t.ppf(0.975, 3) * v.std(ddof=1) / 2
+    assert s.loc["a", "count"] == 4
+    assert s.loc["a", "accuracy_mean"] == pytest.approx(0.65)
+    assert s.loc["a", "accuracy_std"] == pytest.approx(v.std(ddof=1))
+    assert s.loc["a", "accuracy_ci_low"] == pytest.approx(0.65 - half)
+    assert s.loc["a", "accuracy_ci_high"] == pytest.approx(0.65 + half)
+    assert s.loc["a", "roc_auc_mean"] == pytest.approx(0.7)  # NaN AUCs (one class) are left out
+    assert s.loc["b", "accuracy_std"] == 0 and s.loc["b", "accuracy_ci_low"] == pytest.approx(0.9)
+
+
+def test_normalizations():
+    z = np.array([[3.0, 4.0], [1.0, 0.0]])
+    assert np.allclose(np.linalg.norm(normalize_embeddings(z, "l2"), axis=1), 1)
+    c = normalize_embeddings(z, "center-l2")
+    assert np.allclose(c, np.array([[1.0, 2.0], [-1.0, -2.0]]) / np.sqrt(5))  # mean (2, 2) subtracted
+    st = normalize_embeddings(np.array([[1.0, 10.0], [3.0, 30.0], [5.0, 20.0]]), "standardize")
+    assert np.allclose(st.mean(0), 0) and np.allclose(st.std(0), 1, atol=1e-5)
+    with pytest.raises(ValueError, match="normalize 'zca'"):
+        normalize_embeddings(z, "zca")
+
+
+def test_cli_writes_summary_episodes_plot_and_learns_an_easy_set(tmp_path, easy_set, capsys):
+    data = easy_set
+    out = tmp_path / "fs"
+    code = main(["--data", str(data), "--arch", "resnet18", "--weights", "none", "--img-size", "32",
+                 "--shots", "1,5", "--episodes", "6", "--method", "proto,linear,knn,finetune",
+                 "--finetune-episodes", "1", "--epochs", "1", "--finetune-img-size", "32", "--out", str(out),
+                 "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "estimated duration" in printed and "95% CI" in printed
+    summary = pd.read_csv(out / "fewshot.csv")
+    assert len(summary) == 8  # 4 methods x 2 k
+    counts = summary.set_index(["method", "shots"])["count"]
+    assert counts[("proto", 1)] == 6 and counts[("finetune", 5)] == 1
+    episodes = pd.read_csv(out / "episodes.csv")
+    assert len(episodes) == 3 * 2 * 6 + 2
+    assert (episodes.query("shots == 5")["n_query"] == 30).all()
+    good = summary.query("method != 'finetune' and shots == 5")
+    assert (good["accuracy_mean"] > 0.9).all()  # labels and embeddings stay aligned
+    assert ((summary["accuracy_ci_low"] <= summary["accuracy_mean"] + 1e-12)
+            | summary["accuracy_ci_low"].isna()).all()
+    record = json.loads((out / "fewshot.json").read_text())
+    assert "std" in record["notes"] and "ci95" in record["notes"] and record["config"]["episodes"] == 6
+    assert (out / "fewshot.png").stat().st_size > 0
+    # the same seed gives the same episodes and figures
+    assert main(["--data", str(data), "--arch", "resnet18", "--weights", "none", "--img-size", "32", "--shots",
+                 "1,5", "--episodes", "6", "--method", "proto,linear,knn", "--out", str(tmp_path / "again"),
+                 "--no-progress"]) == 0
+    again = pd.read_csv(tmp_path / "again" / "episodes.csv")
+    pd.testing.assert_frame_equal(again, episodes.query("method != 'finetune'").reset_index(drop=True))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--shots", "1,25"], "--shots 25: need 1 <= k < 20"),
+    (["--method", "proto,svm"], "--method svm"),
+    (["--weights", "/nowhere/w.pt"], "/nowhere/w.pt: no such weights file"),
+])
+def test_cli_bad_input_is_one_error_line(tmp_path, easy_set, capsys, argv, message):
+    data = easy_set
+    code = main(["--data", str(data), "--arch", "resnet18", "--weights", "none", "--img-size", "32",
+                 "--out", str(tmp_path / "o"), "--no-progress", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("smallct.fewshot: error:") and message in err
+    assert len(err.strip().splitlines()) == 1

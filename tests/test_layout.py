@@ -1,0 +1,99 @@
+"""The layout keeps its promises: one owner per concept, small modules, no import cycle, imports at the top.
+
+These read the source as text (``ast`` for imports): a change that types a fold name again, copies the
+near-duplicate threshold, makes folds or resamples outside their owners, or adds a cycle fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "smallct"
+MODULES = sorted(p for p in PACKAGE.rglob("*.py"))
+
+
+def _name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _where(pattern: str) -> set[str]:
+    """Modules whose source matches ``pattern``."""
+    return {_name(p) for p in MODULES if re.search(pattern, p.read_text())}
+
+
+def test_each_concept_has_one_owner():
+    assert _where(r"r\{[^}]*\}_f\{") == {"smallct.engine.run_folder"}  # the fold name r{repeat}_f{fold}
+    assert _where(r"\b0\.92\b") == {"smallct.config.run"}  # the near-duplicate threshold
+    assert _where(r"Stratified(Group)?KFold|fold_assignment\(") == {"smallct.data.folds"}  # making folds
+    assert _where(r"make_folds\(") <= {"smallct.data.folds", "smallct.engine.cv", "smallct.studies.curve",
+                                       "smallct.analysis.audit"}
+    assert _where(r"\.integers\(0, n, n\)") == {"smallct.evaluation.intervals"}  # bootstrap resampling
+    assert _where(r"os\.replace\(") == {"smallct.io.files"}  # atomic writes
+    assert _where(r"ProcessPoolExecutor") == {"smallct.parallel"}  # parallel maps
+    assert _where(r"sched_getaffinity|os\.cpu_count") == {"smallct.parallel"}  # the core count
+
+
+def test_modules_are_small():
+    long = {_name(p): n for p in MODULES if (n := len(p.read_text().splitlines())) > 420}
+    assert not long, f"modules over 420 lines: {long}"
+
+
+def _imports(path: Path) -> tuple[set[str], list[tuple[int, str]]]:
+    """The smallct modules ``path`` imports at its top level, and (line, module) of imports inside functions."""
+    tree = ast.parse(path.read_text())
+    top, local = set(), []
+
+    def modules(node) -> list[str]:
+        if isinstance(node, ast.Import):
+            return [a.name for a in node.names]
+        if node.level:  # relative imports are not used in smallct
+            return [f"relative:{node.module}"]
+        return [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for inner in ast.walk(node):
+                if isinstance(inner, (ast.Import, ast.ImportFrom)):
+                    local += [(inner.lineno, m) for m in modules(inner)[:1]]
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            top |= {m for m in modules(node) if m.startswith("smallct")}
+    return top, local
+
+
+def test_no_import_cycle_between_modules():
+    known = {_name(p) for p in MODULES}
+    graph = {}
+    for p in MODULES:
+        top, _ = _imports(p)
+        graph[_name(p)] = {m for m in top if m in known and m != _name(p)}
+    # a package's __init__ only names its exports (lazily); importing it imports none of its modules
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                pytest.fail(f"import cycle: {' -> '.join(path + [node, nxt])}")
+            if nxt not in state:
+                visit(nxt, path + [node])
+        state[node] = 2
+
+    for node in graph:
+        if node not in state:
+            visit(node, [])
+
+
+def test_function_local_imports_say_why():
+    undocumented = []
+    for p in MODULES:
+        lines = p.read_text().splitlines()
+        for lineno, module in _imports(p)[1]:
+            if "#" not in lines[lineno - 1]:
+                undocumented.append(f"{_name(p)}:{lineno} {module}")
+    assert not undocumented, f"function-local imports without a comment saying why: {undocumented}"
