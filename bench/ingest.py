@@ -9,7 +9,7 @@ Rows (each on one core, in this process, and on all cores through a process pool
 * ``png to_rgb_uint8``: open, decode and normalise a PNG to RGB uint8 (H, W, 3).
 * ``png preprocess``: the same, then crop the black border and resize to ``--size`` px (what the cache holds).
 * ``dicom to_rgb``: read a DICOM slice, HU, three windows, crop, resize to ``--size`` px, over a
-  synthetic set that mixes the encodings of ``smallct.synthetic_dicom`` (native int16 / uint12,
+  synthetic set that mixes the encodings of ``smallct.datasets.synthetic_dicom`` (native int16 / uint12,
   RLE, JPEG 2000, JPEG Lossless); per encoding on one core.
 * ``dicom window``: windowing alone (``hu_to_rgb`` with brain/subdural/bone) of an HU array in memory.
 * ``dicom real sample``: ``to_rgb`` of the real RSNA slice in ``shared/data/rsna_sample``, when present.

@@ -10,12 +10,15 @@ from __future__ import annotations
 import importlib
 
 
-def exports(package: str, modules: dict[str, list[str]]):
-    """``(__all__, __getattr__, __dir__)`` of ``package`` exporting ``modules`` ({module: [names]})."""
+def exports(package: str, modules: dict[str, list[str]], fallback=None):
+    """``(__all__, __getattr__, __dir__)`` of ``package`` exporting ``modules`` ({module: [names]}); any other
+    name goes to ``fallback(name)`` when given (an old import path, :func:`smallct._legacy.forward`)."""
     where = {name: module for module, names in modules.items() for name in names}
 
     def __getattr__(name: str):
         if name not in where:
+            if fallback is not None:
+                return fallback(name)
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(where[name]), name)
         globals_of(package)[name] = value  # looked up once

@@ -39,6 +39,8 @@ MOVED: dict[str, tuple[str, ...]] = {
     "smallct.explain": ("smallct.apply.explain", "smallct.models.registry"),
     "smallct.export": ("smallct.apply.export",),
     "smallct.prepare": ("smallct.datasets.prepare", "smallct.io.windows"),
+    # the Head CT manifest module of 0.1; smallct.data is now the data package, which forwards these names
+    "smallct.data": ("smallct.datasets.head_ct",),
     # library modules that are no files any more
     "smallct.ingest": ("smallct.io.images", "smallct.datasets.explore"),
     "smallct.labels": ("smallct.datasets.folder",),
@@ -62,9 +64,8 @@ MOVED: dict[str, tuple[str, ...]] = {
 RENAMED: dict[str, dict[str, str]] = {
     "smallct.ingest": {"prepare": "smallct.io.images:preprocess"},
     "smallct.cache": {"default_workers": "smallct.parallel:available_cores"},
-    "smallct.cv": {"make_folds": "smallct.engine.cv:folds_of",
-                   "build_run_record": "smallct.engine.run_folder:run_record",
-                   "SETTINGS_THAT_CHANGE_RESULTS": "smallct.engine.run_folder:SETTINGS_THAT_CHANGE_RESULTS"},
+    "smallct.cv": {"SETTINGS_THAT_CHANGE_RESULTS": "smallct.engine.run_folder:SETTINGS_THAT_CHANGE_RESULTS"},
+    "smallct.nested": {"estimate_seconds": "smallct.engine.nested:estimate_nested_seconds"},
     "smallct.tune": {"METRICS": "smallct.tuning.study:OBJECTIVES",
                      "DEFAULT_METRIC": "smallct.tuning.study:DEFAULT_OBJECTIVE"},
     "smallct.fewshot": {"METRICS": "smallct.studies.summary:SUMMARY_METRICS",
@@ -77,10 +78,34 @@ RENAMED: dict[str, dict[str, str]] = {
 }
 
 
+# Names whose replacement takes other arguments or returns another thing: an AttributeError says what to use.
+CHANGED: dict[str, dict[str, str]] = {
+    "smallct.cv": {
+        "load_data": "smallct.datasets.folder.load_data(data_config, seed, log) (it took a CVConfig)",
+        "make_folds": "smallct.data.folds.make_folds(dataset, folds, repeats, seed, ...) (it returns Folds)",
+        "build_run_record": "smallct.engine.run_folder.run_record(..., assignment, similar)",
+        "train_fold": "smallct.engine.cv.train_fold(job, repeat, fold, train, test) with a FoldJob",
+        "apply_params_file": "smallct.cli.commands.cv.config_from_argv(argv)",
+        "build_parser": "smallct.cli.commands.cv.config_from_argv(argv)",
+        "config_from_args": "smallct.cli.commands.cv.config_from_argv(argv)",
+    },
+    "smallct.tune": {
+        "setting": "smallct.config.schema.value_of(cfg, name)",
+        "with_settings": "smallct.config.schema.build(CVConfig, settings, base=cfg)",
+        "build_parser": "smallct.cli.commands.tune.config_from_argv(argv)",
+        "config_from_args": "smallct.cli.commands.tune.config_from_argv(argv)",
+        "given_flags": "smallct.cli.commands.tune.config_from_argv(argv)",
+    },
+    "smallct.nested": {"config_from_argv": "smallct.cli.commands.nested.config_from_argv(argv)"},
+}
+
+
 def lookup(old: str, name: str):
     """The object that ``old.name`` was: where it lives now (``AttributeError`` when there is none)."""
-    if name.startswith("__"):
+    if name.startswith("_"):  # private names, and the probes of IPython and friends (_repr_html_, ...)
         raise AttributeError(name)
+    if name in CHANGED.get(old, {}):
+        raise AttributeError(f"{old}.{name} of smallct 0.1 changed; use {CHANGED[old][name]}")
     target = RENAMED.get(old, {}).get(name)
     if target is not None:
         module, attribute = target.split(":")

@@ -31,7 +31,7 @@ def test_each_concept_has_one_owner():
     assert _where(r"\b0\.92\b") == {"smallct.config.run"}  # the near-duplicate threshold
     assert _where(r"Stratified(Group)?KFold|fold_assignment\(") == {"smallct.data.folds"}  # making folds
     assert _where(r"make_folds\(") <= {"smallct.data.folds", "smallct.engine.cv", "smallct.studies.curve",
-                                       "smallct.analysis.audit"}
+                                       "smallct.analysis.audit", "smallct._legacy"}  # (_legacy: a message)
     assert _where(r"\.integers\(0, n, n\)") == {"smallct.evaluation.intervals"}  # bootstrap resampling
     assert _where(r"os\.replace\(") == {"smallct.io.files"}  # atomic writes
     assert _where(r"ProcessPoolExecutor") == {"smallct.parallel"}  # parallel maps
@@ -97,3 +97,25 @@ def test_function_local_imports_say_why():
             if "#" not in lines[lineno - 1]:
                 undocumented.append(f"{_name(p)}:{lineno} {module}")
     assert not undocumented, f"function-local imports without a comment saying why: {undocumented}"
+
+
+def test_no_package_exports_a_name_of_its_own_submodule():
+    # ``from smallct.apply import predict`` would give the function or the module, by import order
+    import importlib
+    import inspect
+
+    for init in PACKAGE.rglob("__init__.py"):
+        package = _name(init)
+        submodules = {p.stem for p in init.parent.glob("*.py")} | {p.name for p in init.parent.iterdir() if p.is_dir()}
+        module = importlib.import_module(package)
+        exported = {n for n in getattr(module, "__all__", []) if not inspect.ismodule(getattr(module, n))}
+        assert not exported & submodules, f"{package} exports {exported & submodules}, also its submodules"
+
+
+def test_choices_of_the_configs_are_the_keys_of_the_engines_tables():
+    import typing
+
+    from smallct.config.studies import Select
+    from smallct.engine.nested import SELECT
+
+    assert tuple(SELECT) == typing.get_args(Select)

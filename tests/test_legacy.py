@@ -71,3 +71,19 @@ def test_every_target_exists():
         for target in names.values():
             module, attribute = target.split(":")
             assert hasattr(importlib.import_module(module), attribute), target
+
+
+def test_changed_names_say_what_to_use_instead():
+    with pytest.raises(AttributeError, match=r"smallct.cv.load_data of smallct 0.1 changed; use "
+                                             r"smallct.datasets.folder.load_data\(data_config, seed, log\)"):
+        importlib.import_module("smallct.cv").load_data
+    with pytest.raises(AttributeError):
+        importlib.import_module("smallct.ingest")._repr_html_  # IPython's probes import nothing
+
+
+def test_the_old_head_ct_manifest_names_of_smallct_data():
+    from smallct.datasets import head_ct
+
+    with pytest.warns(DeprecationWarning, match="smallct.data.verify is now smallct.datasets.head_ct.verify"):
+        from smallct.data import verify
+    assert verify is head_ct.verify

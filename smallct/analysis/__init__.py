@@ -8,7 +8,7 @@ give the label away?
 from smallct._lazy import exports
 
 __all__, __getattr__, __dir__ = exports(__name__, {
-    "smallct.analysis.audit": ["FEATURE_SETS", "audit", "audit_plot", "format_report", "metadata_features",
+    "smallct.analysis.audit": ["FEATURE_SETS", "audit_plot", "format_report", "metadata_features",
         "write_audit"],
     "smallct.analysis.compare": ["COMPARED", "RunPredictions", "check_paired", "compare_plot", "compare_runs",
         "read_predictions", "verdict", "write_comparison"],

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Iterable
 
+from smallct.config.run import CV_GROUPS
 from smallct.config.schema import Setting, build, read_settings, settings
 
 
@@ -68,9 +69,13 @@ def add_settings(group, cls: type, names: Iterable[str] | None = None, *, help: 
         group.add_argument(*s.flags, **kwargs)
 
 
-def given(args: argparse.Namespace, cls: type) -> dict:
-    """The settings of ``cls`` written on the command line: ``{name: value}``."""
-    known = settings(cls)
+def given(args: argparse.Namespace, cls: type, names: Iterable[str] | None = None) -> dict:
+    """The settings of ``cls`` (or those of ``names``) written on the command line: ``{name: value}``.
+
+    Settings without a flag (``cli=False``, e.g. tune's search space) are never taken from the namespace.
+    """
+    known = {k for k, s in settings(cls).items() if s.meta.get("cli", True)}
+    known &= set(names) if names is not None else known
     return {k: v for k, v in vars(args).items() if k in known}
 
 
@@ -83,21 +88,6 @@ def build_config(cls: type, args: argparse.Namespace, params: str | Path | None 
     if params is not None:
         values, source = read_settings(params, cls)
     return build(cls, {**values, **given(args, cls)}, where=where), source
-
-
-def add_progress(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-# The flags of a cross-validation, in the groups --help shows (cv, nested and tune share them).
-CV_GROUPS = {
-    "data": ["data", "labels", "id_col", "label_col", "img_size", "resize", "crop", "group_similar", "phantom_n",
-             "task"],
-    "model": ["arch", "weights", "freeze_epochs", "backbone_lr_mult"],
-    "training": ["epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "step_size",
-                 "gamma", "warmup_epochs", "label_smoothing", "augment", "tta", "amp", "compile"],
-    "validation and run": ["folds", "repeats", "seed", "device", "workers", "out", "test_curves"],
-}
 
 
 def add_cv_settings(parser: argparse.ArgumentParser, cls: type, skip: Iterable[str] = (),

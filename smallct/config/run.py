@@ -101,6 +101,18 @@ class CVConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+# The cross-validation settings, in the groups and order of their flags (cv, nested and tune show them so, and
+# best_params.json lists them so).
+CV_GROUPS = {
+    "data": ["data", "labels", "id_col", "label_col", "img_size", "resize", "crop", "group_similar", "phantom_n",
+             "task"],
+    "model": ["arch", "weights", "freeze_epochs", "backbone_lr_mult"],
+    "training": ["epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "step_size",
+                 "gamma", "warmup_epochs", "label_smoothing", "augment", "tta", "amp", "compile"],
+    "validation and run": ["folds", "repeats", "seed", "device", "workers", "out", "test_curves"],
+}
+
+
 def to_dict(cfg: Any) -> dict:
     """A JSON-ready dict of a (nested) config dataclass."""
     out = {}

@@ -7,6 +7,7 @@ maker of folds, returning :class:`Folds` (assignment and groups). ``python -m sm
 checks a copy of the Head CT set (:mod:`smallct.datasets.head_ct`).
 """
 
+from smallct import _legacy
 from smallct._lazy import exports
 
 __all__, __getattr__, __dir__ = exports(__name__, {
@@ -14,4 +15,4 @@ __all__, __getattr__, __dir__ = exports(__name__, {
     "smallct.data.cache": ["cache_key", "decode_all", "load_images"],
     "smallct.data.folds": ["Folds", "fold_assignment", "make_folds"],
     "smallct.data.similar": ["combine_groups", "near_duplicate_groups", "similar_groups", "similarity"],
-})
+}, fallback=_legacy.forward(__name__))  # smallct 0.1's smallct.data (the Head CT manifest): verify, build_manifest

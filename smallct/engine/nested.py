@@ -72,6 +72,8 @@ def check_config(cfg: NestedConfig) -> None:
         raise ValueError(f"--select {cfg.select}: choose one of {', '.join(SELECT)}")
     if cfg.inner_folds < 2:
         raise ValueError(f"--inner-folds {cfg.inner_folds}: need at least 2")
+    if cfg.threshold not in ("inner", "fixed"):
+        raise ValueError(f"--threshold {cfg.threshold!r}: choose inner (chosen on the inner folds) or fixed (0.5)")
     first_name, first = next(iter(cfg.candidates.items()))
     for name, c in cfg.candidates.items():
         differ = [k for k in SHARED_DATA if getattr(c.data, k) != getattr(first.data, k)]

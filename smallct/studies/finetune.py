@@ -30,7 +30,7 @@ def finetune_predict(arch: str, source, images: torch.Tensor, labels: np.ndarray
 
 
 def seconds_per_image(arch: str, source, images: torch.Tensor, labels: np.ndarray, n_classes: int,
-                               cfg: TrainConfig, device: torch.device) -> float:
+                      cfg: TrainConfig, device: torch.device) -> float:
     """Seconds per training image of one fine-tuning step, timed over a few steps (weights restored)."""
     model = create_model(arch, n_classes, source)
     batch = min(cfg.batch_size, len(images))

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import yaml
 
-from smallct.config.run import CVConfig
+from smallct.config.run import CV_GROUPS, CVConfig
 from smallct.config.schema import Setting, coerce, flat, settings, value_of
 
 # A setting searched only when another one has one of these values.
@@ -164,5 +164,7 @@ def suggest(trial: optuna.Trial, space: dict, base: CVConfig) -> dict:
 
 
 def cv_settings(cfg: CVConfig) -> dict:
-    """Every cv setting of ``cfg`` that ``smallct.cv --params`` accepts (no data paths, machine or folder)."""
-    return {k: v for k, v in flat(cfg).items() if k not in NOT_SETTINGS}
+    """Every cv setting of ``cfg`` that ``smallct.cv --params`` accepts (no data paths, machine or folder), in the
+    order of the cv flags."""
+    values = flat(cfg)
+    return {k: values[k] for names in CV_GROUPS.values() for k in names if k not in NOT_SETTINGS}

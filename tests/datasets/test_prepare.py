@@ -84,7 +84,7 @@ def test_prepare_rsna_writes_windowed_pngs_and_manifest(synthetic, prepared):
     for _, series in manifest.groupby("series", sort=False):  # slices in order within a series
         assert series["z"].is_monotonic_increasing
     assert manifest["patient"].nunique() == 4
-    # each PNG is exactly what smallct.dicom.to_rgb gives (lossless PNG, quirk file fixed)
+    # each PNG is exactly what smallct.io.dicom.to_rgb gives (lossless PNG, quirk file fixed)
     for _, row in manifest.iterrows():
         png = np.asarray(Image.open(out / row["file"]))
         assert png.shape == (32, 32, 3) and png.dtype == np.uint8

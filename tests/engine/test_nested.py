@@ -157,3 +157,11 @@ def test_cli_flags_apply_to_every_candidate_and_bad_input_is_one_line(phantom_di
     assert "no settings file or recipe name given" in err[3]
     assert "mean_auc: not a figure of a binary task" in err[4]
     assert not (tmp_path / "o" / "inner").exists()  # refused before any fit
+
+
+def test_the_threshold_setting_is_checked(phantom_dir, tmp_path):
+    cfg = NestedConfig(candidates={"a": candidate(phantom_dir, 3e-3)}, threshold=True, out=tmp_path / "n")
+    with pytest.raises(ValueError, match="--threshold True: choose inner"):
+        run_nested(cfg, progress=False, log=lambda *_: None)
+    assert not (tmp_path / "n").exists()
+

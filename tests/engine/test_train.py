@@ -1,4 +1,4 @@
-"""Tests of smallct.train: the fit loop's on-device sums, the NaN guard, and the CUDA-only speed settings."""
+"""Tests of smallct.engine.train: the fit loop's on-device sums, the NaN guard, and the CUDA-only speed settings."""
 
 from __future__ import annotations
 

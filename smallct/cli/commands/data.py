@@ -10,7 +10,6 @@ from smallct.cli.runner import Command
 from smallct.io.files import atomic_csv
 
 
-
 class Data(Command):
     name = "data"
     help = "check a copy of the Head CT set against its manifest (SHA-256 of every file), or write a manifest"
