@@ -38,7 +38,7 @@ from pydicom import uid
 from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
 
-from smallct.io.images import resize_rgb
+from smallct.io.images import crop_to_mask, resize_rgb
 from smallct.io.windows import DEFAULT_WINDOWS, HEADER_WINDOW, Window, WindowSpec, hu_to_rgb
 from smallct.parallel import parallel_map
 
@@ -239,13 +239,7 @@ def crop_to_body(hu: np.ndarray, threshold: float = BODY_HU, margin: int = 2) ->
     when no pixel is above ``threshold``. The box holds every such pixel, so a head rest or table
     in the field stays in.
     """
-    mask = (hu if hu.ndim == 2 else hu[..., 0]) > threshold
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return hu
-    r0, r1 = max(rows[0] - margin, 0), min(rows[-1] + margin + 1, hu.shape[0])
-    c0, c1 = max(cols[0] - margin, 0), min(cols[-1] + margin + 1, hu.shape[1])
-    return hu[r0:r1, c0:c1]
+    return crop_to_mask(hu, (hu if hu.ndim == 2 else hu[..., 0]) > threshold, margin)
 
 
 def to_rgb(path: str | Path, windows: Sequence[WindowSpec] = DEFAULT_WINDOWS,

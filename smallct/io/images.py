@@ -171,13 +171,18 @@ def crop_to_content(rgb: np.ndarray, threshold: int = 10, margin: int = 2) -> np
     Returns the input unchanged when nothing is brighter (a blank image stays blank).
     """
     # channel by channel: numpy reduces a short last axis about 20x slower than this
-    mask = np.maximum(np.maximum(rgb[:, :, 0], rgb[:, :, 1]), rgb[:, :, 2]) > threshold
+    return crop_to_mask(rgb, np.maximum(np.maximum(rgb[:, :, 0], rgb[:, :, 1]), rgb[:, :, 2]) > threshold, margin)
+
+
+def crop_to_mask(image: np.ndarray, mask: np.ndarray, margin: int = 2) -> np.ndarray:
+    """``image`` (H, W, ...) cut to the bounding box of the true pixels of ``mask`` (H, W), ``margin`` px wider
+    on each side (inside the image); unchanged when the mask is empty."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
-        return rgb
-    r0, r1 = max(rows[0] - margin, 0), min(rows[-1] + margin + 1, rgb.shape[0])
-    c0, c1 = max(cols[0] - margin, 0), min(cols[-1] + margin + 1, rgb.shape[1])
-    return rgb[r0:r1, c0:c1]
+        return image
+    r0, r1 = max(rows[0] - margin, 0), min(rows[-1] + margin + 1, image.shape[0])
+    c0, c1 = max(cols[0] - margin, 0), min(cols[-1] + margin + 1, image.shape[1])
+    return image[r0:r1, c0:c1]
 
 
 def resize_rgb(rgb: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
