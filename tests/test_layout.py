@@ -32,7 +32,7 @@ def test_each_concept_has_one_owner():
     assert _where(r"Stratified(Group)?KFold|fold_assignment\(") == {"smallct.data.folds"}  # making folds
     assert _where(r"make_folds\(") <= {"smallct.data.folds", "smallct.engine.cv", "smallct.studies.curve",
                                        "smallct.analysis.audit", "smallct._legacy"}  # (_legacy: a message)
-    assert _where(r"\.integers\(0, n, n\)") == {"smallct.evaluation.intervals"}  # bootstrap resampling
+    assert _where(r"\.integers\(0, (\w+|self\.\w+), \1\)") == {"smallct.evaluation.intervals"}  # bootstrap draws
     assert _where(r"os\.replace\(") == {"smallct.io.files"}  # atomic writes
     assert _where(r"ProcessPoolExecutor") == {"smallct.parallel"}  # parallel maps
     assert _where(r"sched_getaffinity|os\.cpu_count") == {"smallct.parallel"}  # the core count

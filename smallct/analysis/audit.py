@@ -10,7 +10,7 @@ The audit fits a random forest (fixed settings, seeded) on three nested feature 
 same cross-validation as smallct.cv (:func:`smallct.data.folds.make_folds`: the same ``--folds``,
 ``--repeats``, ``--seed`` and near-duplicate grouping ``--group-similar``; or exactly the folds of a run
 folder, ``--run``), and reports the pooled out-of-fold accuracy and AUC
-with a percentile bootstrap interval over images, against chance (the majority-class rate):
+with a percentile bootstrap interval over the groups the folds keep whole, against chance (the majority-class rate):
 
 ``size``       width, height, aspect ratio, PIL mode: the shortcut to look for first
 ``file``       + channels, bits per sample, file size in bytes
@@ -30,10 +30,11 @@ from sklearn.ensemble import RandomForestClassifier
 from tqdm.auto import tqdm
 
 from smallct.config.run import GROUP_SIMILAR
-from smallct.data.folds import make_folds
+from smallct.data.folds import Folds, make_folds
+from smallct.data.similar import Grouping
 from smallct.datasets.folder import Dataset
 from smallct.engine.run_folder import RunFolder
-from smallct.evaluation.intervals import over_repeats, pooled_figures
+from smallct.evaluation.intervals import Units, over_repeats, pooled_figures
 from smallct.evaluation.metrics import classification_metrics
 from smallct.io.files import atomic_csv, atomic_json
 from smallct.io.images import describe_image, to_rgb_uint8
@@ -105,15 +106,16 @@ def by_class(features: pd.DataFrame, dataset: Dataset) -> dict:
 
 
 def audit_folds(dataset: Dataset, folds: int = 5, repeats: int = 1, seed: int = 0,
-                group_similar: float | None = GROUP_SIMILAR, progress: bool = True) -> np.ndarray:
-    """The fold assignment (repeats, N) smallct.cv makes with these settings (default crop and pad)."""
-    folds = make_folds(dataset, folds, repeats, seed, group_similar, progress=progress, log=lambda *args: None)
-    return folds.assignment
+                group_similar: float | None = GROUP_SIMILAR, progress: bool = True) -> Folds:
+    """The folds smallct.cv makes with these settings (default crop and pad), with the groups they keep whole."""
+    return make_folds(dataset, folds, repeats, seed, group_similar, progress=progress, log=lambda *args: None)
 
 
-def run_folds(run: str | Path, dataset: Dataset) -> np.ndarray:
-    """The fold assignment (repeats, N) recorded in a smallct.cv run folder, checked against ``dataset``."""
-    return RunFolder(Path(run)).recorded_folds(dataset.ids)
+def run_folds(run: str | Path, dataset: Dataset) -> Folds:
+    """The folds recorded in a smallct.cv run folder (assignment and groups), checked against ``dataset``."""
+    folder = RunFolder(Path(run))
+    units = folder.resampling_units()
+    return Folds(folder.recorded_folds(dataset.ids), Grouping(units.groups, unit=units.name))
 
 
 def audit(dataset: Dataset, folds: int = 5, repeats: int = 1, seed: int = 0, n_boot: int = 1000,
@@ -129,9 +131,10 @@ def audit(dataset: Dataset, folds: int = 5, repeats: int = 1, seed: int = 0, n_b
         The cross-validation of :mod:`smallct.engine.cv` (same values give the same folds, see
         :func:`audit_folds`).
     n_boot
-        Bootstrap resamples of images for the 95% intervals.
+        Bootstrap resamples for the 95% intervals; they resample the groups the folds keep whole.
     assignment
-        A fold assignment (repeats, N) to use instead, e.g. :func:`run_folds` of a cv run.
+        Folds to use instead: :func:`run_folds` of a cv run (with its groups), or a bare assignment
+        (repeats, N), whose intervals then resample images.
 
     Returns
     -------
@@ -150,6 +153,10 @@ def audit(dataset: Dataset, folds: int = 5, repeats: int = 1, seed: int = 0, n_b
                       f"{group_similar or 0}")
     else:
         folds_from = "the given fold assignment"
+    if isinstance(assignment, Folds):
+        units, assignment = assignment.units, assignment.assignment
+    else:
+        units = Units(len(y))
     repeats, folds = len(assignment), int(assignment.max()) + 1
     features = metadata_features(dataset.files, progress)
     chance = float(np.bincount(y, minlength=n_classes).max() / len(y))
@@ -157,15 +164,17 @@ def audit(dataset: Dataset, folds: int = 5, repeats: int = 1, seed: int = 0, n_b
     for name, columns in FEATURE_SETS.items():
         P = cross_validated_probs(design_matrix(features, columns), y, assignment, n_classes, seed)
         # as in smallct.cv's results.json: each figure the mean over repeats of its pooled out-of-fold value
-        point, ci = pooled_figures(over_repeats(classification_metrics, y, P, AUDITED), len(y), AUDITED,
+        point, ci = pooled_figures(over_repeats(classification_metrics, y, P, AUDITED), units, AUDITED,
                                    n_boot=n_boot, seed=seed)
         sets[name] = {"features": columns, "description": DESCRIPTIONS[name], **point, "ci95": ci,
                       "above_chance": bool(ci["accuracy"][0] > chance)}
     result = {"data": dataset.source, "n_images": len(y), "class_names": dataset.class_names,
               "folds": folds, "repeats": repeats, "seed": seed, "folds_from": folds_from, "chance": chance,
               "model": "random forest (200 trees, min_samples_leaf 2, seeded), one fit per fold",
-              "ci_method": f"percentile bootstrap over images ({n_boot} resamples) of pooled out-of-fold predictions",
-              "feature_sets": sets, "by_class": by_class(features, dataset)}
+              "ci_method": f"{units.describe(n_boot)} of pooled out-of-fold predictions",
+              "ci_resampled": units.record(),
+              "feature_sets": sets, "by_class": by_class(features, dataset),
+              "fold_assignment": {"ids": dataset.ids, "assignment": assignment.tolist()}}
     result["warning"] = warning(result)
     result["features"] = features
     return result
@@ -237,6 +246,7 @@ def format_report(result: dict) -> str:
         modes = ", ".join(f"{m} {v}" for m, v in s["modes"].items())
         lines.append(f"class {c}: {s['n']} images, median {s['median_width']:.0f} x {s['median_height']:.0f} px, "
                      f"{s['median_bytes'] / 1000:.0f} kB; modes {modes}")
+    lines.append(f"intervals: {result['ci_method']}")
     lines.append(result["warning"] or "No feature set predicts the label clearly above chance (every 95% interval "
                                       "reaches chance): no metadata shortcut found.")
     return "\n".join(lines)

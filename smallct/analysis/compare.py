@@ -4,13 +4,16 @@ Two cross-validation runs (:mod:`smallct.engine.cv`) on the same images, labels 
 data, ``--folds``, ``--repeats`` and ``--seed``) give two out-of-fold predictions for every image. Their difference
 is judged on the pairs, which is far more sensitive than comparing two separate intervals:
 
-* a paired percentile bootstrap over images: each resample draws image indices once and applies
-  them to both runs; with repeats, a figure is the mean over repeats (as in ``results.json``);
+* a paired percentile bootstrap over the units the folds keep whole (near-duplicate groups,
+  patients; images when there are none): each resample draws units once and applies them to both
+  runs; with repeats, a figure is the mean over repeats (as in ``results.json``);
 * with repeated cross-validation, also the corrected resampled t-test of Nadeau and Bengio
   (2003, "Inference for the generalization error", Machine Learning 52:239-281) over the
   per-fold differences: the variance of the mean difference is ``(1/J + n_test/n_train) s^2``,
   where ``J`` is the number of folds over all repeats, because the training sets overlap.
 
+A difference is called clear only with repeated CV, when both intervals exclude 0: on one fold draw
+the bootstrap ignores the variation from retraining, so its verdict is "weak evidence" at most.
 Differences are always ``B - A``. :func:`compare_runs` is the library API; :func:`write_comparison` writes
 ``compare.json`` and ``compare.png``, and the command prints one plain sentence.
 """
@@ -128,7 +131,7 @@ def compare_runs(a: str | Path, b: str | Path, n_boot: int = 2000, seed: int = 0
     a, b
         Run folders of :mod:`smallct.engine.cv` (``run.json`` and ``oof.csv`` are read).
     n_boot
-        Bootstrap resamples of images (the same resample for both runs).
+        Bootstrap resamples of the units the folds keep whole (the same resample for both runs).
     seed
         Seed of the bootstrap.
 
@@ -154,8 +157,9 @@ def compare_runs(a: str | Path, b: str | Path, n_boot: int = 2000, seed: int = 0
     everything = np.arange(n)
     point_a, point_b = _figures(y, ra.P, ca, everything), _figures(y, rb.P, cb, everything)
 
+    units = RunFolder(ra.path).resampling_units(ra.record)  # the same folds, so the same groups as B's
     boot = []
-    for idx in bootstrap_indices(n, n_boot, seed):  # the same images for both runs: a paired bootstrap
+    for idx in bootstrap_indices(units, n_boot, seed):  # the same units for both runs: a paired bootstrap
         fa, fb = _figures(y, ra.P, ca, idx), _figures(y, rb.P, cb, idx)
         boot.append([fb[0] - fa[0], fb[1] - fa[1]])
     boot = np.asarray(boot)
@@ -180,8 +184,9 @@ def compare_runs(a: str | Path, b: str | Path, n_boot: int = 2000, seed: int = 0
         out["nadeau_bengio"] = None
         out["nadeau_bengio_note"] = ("not computed: one repeat; run both with --repeats 5 (or more) for the "
                                      "corrected resampled t-test")
-    out["method"] = (f"paired percentile bootstrap over images ({n_boot} resamples, the same images for both runs; "
-                     "with repeats each figure is the mean over repeats); accuracy at threshold 0.5"
+    out["ci_resampled"] = units.record()
+    out["method"] = (f"paired {units.describe(n_boot)}, the same units for both runs; with repeats each figure is "
+                     "the mean over repeats; accuracy at threshold 0.5"
                      + ("; Nadeau-Bengio corrected resampled t-test over per-fold differences" if repeats > 1 else ""))
     out["sentence"] = verdict(out)
     return out
@@ -202,16 +207,17 @@ def _direction(lo: float, hi: float) -> str | None:
 def verdict(result: dict) -> str:
     """One plain sentence: can these data tell the two runs apart?
 
-    A metric counts as a clear difference when the paired bootstrap interval excludes 0 and, with
-    repeated CV, the Nadeau-Bengio interval does too; when only the bootstrap does, the evidence is
-    called weak (the bootstrap over images ignores the variation from retraining on other folds).
+    A metric counts as a clear difference when the paired bootstrap interval excludes 0 and the
+    Nadeau-Bengio interval of repeated CV does too. When only the bootstrap does (or there is one
+    repeat, so no such test), the evidence is called weak: the bootstrap ignores the variation from
+    retraining on other folds, and one fold draw moves accuracy 2-5 points on 200 images.
     """
     names = {"A": result["run_a"]["label"], "B": result["run_b"]["label"]}
     nb = result.get("nadeau_bengio")
     clear, weak = {}, {}
     for m in COMPARED:
         boot = _direction(*result[m]["ci95"])
-        if boot and nb and _direction(*nb[m]["ci95"]) != boot:
+        if boot and (not nb or _direction(*nb[m]["ci95"]) != boot):
             weak[m] = boot
         elif boot:
             clear[m] = boot
@@ -224,10 +230,16 @@ def verdict(result: dict) -> str:
         which = " and ".join(NAMES[m] for m in clear)
         return (f"{names[w]} is better than {names['A' if w == 'B' else 'B']} in {which} (the paired interval "
                 f"excludes 0): B against A, {details}.")
+    if weak and not nb:
+        m, w = next(iter(weak.items()))
+        return (f"Weak evidence that {names[w]} is better than {names['A' if w == 'B' else 'B']} in {NAMES[m]}: "
+                f"the paired bootstrap interval excludes 0, but on one fold draw, and the bootstrap does not count "
+                f"the variation from retraining on other folds; run both with --repeats 5 (same --seed) for the "
+                f"corrected t-test. B against A, {details}.")
     if weak:
         m, w = next(iter(weak.items()))
         return (f"Weak evidence that {names[w]} is better than {names['A' if w == 'B' else 'B']} in {NAMES[m]}: "
-                f"the paired bootstrap interval over images excludes 0, but the Nadeau-Bengio corrected t-test, "
+                f"the paired bootstrap interval excludes 0, but the Nadeau-Bengio corrected t-test, "
                 f"which also counts the variation from retraining, does not (p = {nb[m]['p_value']:.2f}). "
                 f"B against A, {details}.")
     return (f"The data cannot tell {names['B']} (B) and {names['A']} (A) apart: {details}. Both intervals "

@@ -147,7 +147,7 @@ def explain_oof(run: Run, everything: bool = False, ids: Sequence[str] | None = 
     if limit and len(chosen) > limit:
         log(f"smallct.explain: {len(chosen)} images chosen; drawing the first {limit} (--limit 0 for all)")
         chosen = chosen[:limit]
-    table = oof.iloc[chosen].reset_index(drop=True)
+    table = oof.iloc[chosen].reset_index(drop=True).drop(columns="file", errors="ignore")  # a name; here the path
     table.insert(1, "file", [str(dataset.files[rows[k]]) for k in chosen])
     table["target_class"] = [run.class_names[c] for c in classes[chosen]]
     spec = run.input

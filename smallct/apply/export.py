@@ -134,7 +134,7 @@ def export_run(run: Run, out: str | Path, fmt: str | None = None, folds: Sequenc
             pass
     contract = {
         "file": out.name, "format": fmt, "run": str(run.path), "arch": run.arch, "task": run.task,
-        "class_names": run.class_names,
+        "class_names": run.class_names, "positive_class": run.positive_class,
         "models": [c.name for c in select_checkpoints(run, folds)], "tta": tta,
         "input": {"name": "image", "shape": ["N", 3, size, size], "dtype": "float32",
                   "values": "RGB 0..255 (normalisation inside)", "img_size": size, "resize": run.input["resize"],

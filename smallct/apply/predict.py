@@ -7,17 +7,19 @@ are averaged with equal weight per run, each run's folds first. Images become mo
 the run's training images did (:func:`model_inputs`): the size, resize mode, crop, CT windows, mean and
 std are read from ``run.json``, never typed again.
 
-The table has one row per image: ``id`` (the file name without suffix), ``file``, the
-probabilities in the columns of ``oof.csv`` (``prob`` for a binary task, ``prob_<class>``
-otherwise), ``pred`` (class index) and ``pred_class`` (its name) for single-label tasks. For a
-multi-label RSNA run, :func:`rsna_submission` gives the competition's ``ID,Label`` format.
+The table has one row per image: ``id`` (the file name without suffix, as text: ``000``) and ``file``
+(the file name), as in ``oof.csv`` so that the two join on either
+(:func:`smallct.datasets.folder.image_ids`), the probabilities in the columns of ``oof.csv``
+(``prob`` for a binary task: the probability of the run's positive class, ``class_names[1]``;
+``prob_<class>`` otherwise), ``pred`` (class index) and ``pred_class`` (its name) for single-label tasks.
+The class names are run.json's. For a multi-label RSNA run, :func:`rsna_submission` gives the
+competition's ``ID,Label`` format.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -28,6 +30,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from smallct.data.cache import load_images
+from smallct.datasets.classes import class_note
+from smallct.datasets.folder import image_ids
 from smallct.engine.run_folder import Checkpoint, Run, load_fold_model, load_run
 from smallct.engine.train import predict_proba, resolve_device
 from smallct.io.dicom import to_rgb
@@ -55,12 +59,6 @@ def find_inputs(paths: Iterable[str | Path]) -> list[Path]:
     if not files:
         raise ValueError("no input images given")
     return files
-
-
-def image_ids(files: Sequence[Path]) -> list[str]:
-    """The id of each file: its name without suffix, or its path without suffix where names repeat."""
-    count = Counter(f.stem for f in files)
-    return [str(f.with_suffix("")) if count[f.stem] > 1 else f.stem for f in files]
 
 
 def _dicom_chw(args) -> np.ndarray:
@@ -181,6 +179,7 @@ def predict(runs: Sequence[Run | str | Path], files: Sequence[str | Path], tta: 
     if not runs:
         raise ValueError("no run given (--run RUN_DIR)")
     check_compatible(runs)
+    log(f"smallct.predict: {class_note(runs[0].task, runs[0].class_names)}")
     files = [Path(f) for f in files]
     dev = resolve_device(device)
     models = []
@@ -201,7 +200,7 @@ def predict(runs: Sequence[Run | str | Path], files: Sequence[str | Path], tta: 
                                               progress=False, models=run_models).mean(0))
         P.append(np.mean(per_run, axis=0))
     P = np.concatenate(P)
-    return pd.DataFrame({"id": image_ids(files), "file": [str(f) for f in files],
+    return pd.DataFrame({"id": image_ids(files), "file": [f.name for f in files],
                          **probability_columns(P, runs[0].task, runs[0].class_names)})
 
 

@@ -13,7 +13,7 @@ import smallct
 from smallct import _legacy
 from smallct.cli.commands import (audit, compare, curve, cv, data, explain, export, fewshot, nested, predict,
                                   prepare, tune)
-from smallct.cli.runner import Command, configure, execute, parse, run_module
+from smallct.cli.runner import Command, Parser, configure, execute, parse, run_module
 
 # In the order of the data's journey: prepare and check the data, learn, tune, study, compare, apply.
 COMMANDS: dict[str, Command] = {m.COMMAND.name: m.COMMAND for m in (
@@ -21,7 +21,7 @@ COMMANDS: dict[str, Command] = {m.COMMAND.name: m.COMMAND for m in (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smallct", description=smallct.__doc__.strip().splitlines()[0])
+    parser = Parser(prog="smallct", description=smallct.__doc__.strip().splitlines()[0])
     parser.add_argument("--version", action="version", version=f"smallct {smallct.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from smallct.config.run import CV_GROUPS
-from smallct.config.schema import Setting, build, read_settings, settings
+from smallct.config.schema import Setting, bounds, build, read_settings, settings
 
 
 def comma_list(kind=str):
@@ -37,6 +37,8 @@ def _shown(value) -> str:
 
 def _help(setting: Setting, text: str | None, default) -> str:
     text = (text if text is not None else setting.help).rstrip()
+    if bounds(setting):  # what a value may be, as the config checks it
+        text += f"; {bounds(setting)}"
     if default is not None and "default" not in text:
         text += f" (default {_shown(default)})"
     return text.replace("%", "%%")  # argparse formats help strings with %

@@ -35,6 +35,14 @@ class Command:
         return "nothing was written; run the same command again"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, whose errors (an unknown choice, a missing or malformed flag) are one line and exit 2 like the
+    others: ``smallct cv: error: argument --optimizer: invalid choice: 'sgdd' (choose from sgd, adam, adamw)``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def configure(parser: argparse.ArgumentParser, command: Command) -> argparse.ArgumentParser:
     parser.description = command.description or command.help
     parser.epilog = command.epilog
@@ -46,7 +54,7 @@ def configure(parser: argparse.ArgumentParser, command: Command) -> argparse.Arg
 
 def command_parser(command: Command, prog: str) -> argparse.ArgumentParser:
     """The parser of one command under ``prog`` (``python -m smallct.cv`` or ``smallct cv``)."""
-    return configure(argparse.ArgumentParser(prog=prog), command)
+    return configure(Parser(prog=prog), command)
 
 
 def one_line(err: BaseException) -> str:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from smallct.config.schema import validate
+
 Task = Literal["binary", "multiclass", "multilabel"]
 Resize = Literal["pad", "squash"]
 Optimizer = Literal["sgd", "adam", "adamw"]
@@ -23,14 +25,21 @@ Augment = Literal["none", "flip", "affine"]
 # Pearson correlation of 64 px grey thumbnails at which two images count as near-duplicates and are kept in
 # one fold (smallct.data.similar). On the Head CT set it links 49 pairs.
 GROUP_SIMILAR = 0.92
+# --threads: figures depend on torch's thread count (the order of its sums), so it is recorded and kept on resume
+THREADS_HELP = ("torch threads (default: torch's own, one per core); the same device and thread count give the "
+                "same figures; on a busy shared CPU 1 is faster")
+# --device: what smallct.engine.train.resolve_device accepts
+DEVICE = {"pattern": r"auto|cpu|cuda(:\d+)?", "allowed": "auto, cpu, cuda or cuda:N"}
 
 
 def option(default: Any = None, help: str = "", *, factory=None, **flag) -> Any:
     """A config field: its default, the help text of its flag and the flag's own facts.
 
     ``flag`` may hold ``flag`` (the flag's name(s) when not ``--field-name``), ``metavar``,
-    ``zero_is_none`` (0 on the command line or in a file means None), ``cli=False`` (no flag) and
-    ``file=False`` (not accepted in a settings file).
+    ``zero_is_none`` (0 means None, ``zero`` says what that is), ``cli=False`` (no flag), ``file=False`` (not
+    accepted in a settings file), and what a value may be: bounds ``ge``, ``gt``, ``le``, ``lt`` of a number, or a
+    ``pattern`` of a text (``allowed`` says it in words). Every config checks its fields when it is built
+    (:func:`smallct.config.schema.validate`), so a notebook meets the same errors as the command line.
     """
     metadata = {"help": help, **flag}
     if factory is not None:
@@ -47,37 +56,52 @@ class DataConfig:
     labels: Path | None = option(None, "labels CSV (default DATA/labels.csv)")
     id_col: str | None = option(None, "id column of the labels CSV (default: 'id' or the first column)")
     label_col: str | None = option(None, "label column of the labels CSV (default: the other column)")
-    img_size: int | None = option(None, "square input size in px (default: the weights' own input size)")
+    class_names: list[str] | None = option(
+        None, "names of the classes in the order of their labels: 0/1 labels become A,B (default: the digits; the "
+              "Kaggle Head CT set, recognised by its manifest: normal,hemorrhage); text labels and class folders "
+              "must be exactly these names", metavar="A,B")
+    positive_class: str | None = option(
+        None, "of two classes, the one prob, sensitivity and the ROC curve are for (default: label 1 of 0/1 labels; "
+              "needed when both are text, e.g. class folders)", metavar="NAME")
+    img_size: int | None = option(None, "square input size in px (default: the weights' own input size)", ge=1)
     resize: Resize = option("pad", "pad: keep the aspect ratio, pad with black; squash: stretch")
     crop: bool = option(True, "crop the black border around the head first")
-    phantom_n: int = option(200, "images in the synthetic phantom set used without --data")
+    phantom_n: int = option(200, "images in the synthetic phantom set used without --data", ge=2)
     group_similar: float | None = option(
         GROUP_SIMILAR, "keep images whose 64 px thumbnails correlate >= CORR in one fold (near-duplicates, "
-                       "neighbouring slices of one patient; 0 turns it off)", metavar="CORR", zero_is_none=True)
+                       "neighbouring slices of one patient; 0 turns it off)", metavar="CORR", zero_is_none=True,
+        zero="off", gt=0, le=1)
+
+    def __post_init__(self):
+        validate(self)
 
 
 @dataclass
 class TrainConfig:
     """One fit of one model: optimiser, schedule, augmentation."""
 
-    epochs: int = option(20, "training epochs")
-    batch_size: int = option(32, "images per training step")
+    epochs: int = option(20, "training epochs", ge=1)
+    batch_size: int = option(32, "images per training step", ge=1)
     optimizer: Optimizer = option("adamw", "optimiser")
-    lr: float = option(1e-3, "learning rate (of the head; the backbone's is lr x --backbone-lr-mult)")
-    momentum: float = option(0.9, "SGD momentum (Nesterov)")
-    weight_decay: float = option(0.05, "weight decay")
+    lr: float = option(1e-3, "learning rate (of the head; the backbone's is lr x --backbone-lr-mult)", gt=0)
+    momentum: float = option(0.9, "SGD momentum (Nesterov; 0: plain SGD)", ge=0, lt=1)
+    weight_decay: float = option(0.05, "weight decay (0: none)", ge=0)
     schedule: Schedule = option("cosine", "learning-rate schedule")
-    step_size: int = option(7, "StepLR: epochs between decays")
-    gamma: float = option(0.1, "StepLR: decay factor")
-    warmup_epochs: int = option(1, "cosine: epochs of linear warm-up")
-    freeze_epochs: int = option(0, "train only the head for this many epochs, then all layers")
-    backbone_lr_mult: float = option(1.0, "backbone learning rate = lr x this (discriminative learning rates)")
-    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss")
+    step_size: int = option(7, "StepLR: epochs between decays", ge=1)
+    gamma: float = option(0.1, "StepLR: decay factor", gt=0, le=1)
+    warmup_epochs: int = option(1, "cosine: epochs of linear warm-up (0: none)", ge=0)
+    freeze_epochs: int = option(0, "train only the head for this many epochs, then all layers", ge=0)
+    backbone_lr_mult: float = option(1.0, "backbone learning rate = lr x this (discriminative learning rates; 0 "
+                                          "keeps the backbone's weights as loaded)", ge=0)
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss", ge=0, lt=1)
     augment: Augment = option("affine", "batched augmentation: flips, or flips + rotation, scale and shift")
     tta: bool = option(True, "average with the left-right mirror at evaluation")
     amp: bool = option(True, "mixed precision on CUDA (ignored on CPU)")
     compile: bool = option(False, "torch.compile the model for training on CUDA (faster epochs after a compile of "
                                   "about a minute; ignored on CPU)")
+
+    def __post_init__(self):
+        validate(self)
 
 
 @dataclass
@@ -87,12 +111,13 @@ class CVConfig:
     arch: str = option("resnet18", "resnet18..resnet152, any torchvision or timm model name")
     weights: str = option("imagenet", "imagenet, none (random initialisation) or a PATH to a state dict")
     task: Task | None = option(None, "default: from the data (multilabel for a prepared RSNA folder)")
-    folds: int = option(5, "cross-validation folds")
-    repeats: int = option(1, "repeats of the cross-validation (other fold draws)")
-    seed: int = option(0, "seed of the folds, the initialisation and the augmentation")
-    device: str = option("auto", "auto, cpu or cuda")
+    folds: int = option(5, "cross-validation folds", ge=2)
+    repeats: int = option(1, "repeats of the cross-validation (other fold draws)", ge=1)
+    seed: int = option(0, "seed of the folds, the initialisation and the augmentation", ge=0)
+    device: str = option("auto", "auto, cpu or cuda", **DEVICE)
+    threads: int | None = option(None, THREADS_HELP, ge=1, file=False)
     out: Path = option(Path("runs/cv"), "run folder; the same --out resumes", file=False)
-    workers: int = option(0, "decoding processes (0: every core)")
+    workers: int = option(0, "decoding processes (0: every core)", ge=0)
     params_source: str | None = option(None, "where tuned settings came from (recorded in results.json)",
                                        cli=False, file=False)
     test_curves: bool = option(True, "evaluate the test fold after every epoch for curves.png (--no-test-curves "
@@ -100,16 +125,19 @@ class CVConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self):
+        validate(self)
+
 
 # The cross-validation settings, in the groups and order of their flags (cv, nested and tune show them so, and
 # best_params.json lists them so).
 CV_GROUPS = {
-    "data": ["data", "labels", "id_col", "label_col", "img_size", "resize", "crop", "group_similar", "phantom_n",
-             "task"],
+    "data": ["data", "labels", "id_col", "label_col", "class_names", "positive_class", "img_size", "resize", "crop",
+             "group_similar", "phantom_n", "task"],
     "model": ["arch", "weights", "freeze_epochs", "backbone_lr_mult"],
     "training": ["epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "step_size",
                  "gamma", "warmup_epochs", "label_smoothing", "augment", "tta", "amp", "compile"],
-    "validation and run": ["folds", "repeats", "seed", "device", "workers", "out", "test_curves"],
+    "validation and run": ["folds", "repeats", "seed", "device", "threads", "workers", "out", "test_curves"],
 }
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import numbers
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -87,6 +89,72 @@ def settings(cls: type) -> dict[str, Setting]:
                                 f"and {'.'.join(item.path)}")
             found[item.name] = item
     return found
+
+
+# Bounds a numeric field may declare (``option(..., ge=1)``), as the words of its help and its errors.
+_BOUNDS = {"ge": ("at least", lambda v, b: v >= b), "gt": ("above", lambda v, b: v > b),
+           "le": ("at most", lambda v, b: v <= b), "lt": ("below", lambda v, b: v < b)}
+
+
+@functools.cache
+def _own_settings(cls: type) -> tuple[Setting, ...]:
+    """The settings of ``cls``'s own fields (not those of nested configs), made without building a ``cls``."""
+    hints = typing.get_type_hints(cls)
+    return tuple(Setting(f.name, (f.name,), *_describe(hints[f.name]), None, f.metadata.get("help", ""),
+                         dict(f.metadata))
+                 for f in dataclasses.fields(cls) if not dataclasses.is_dataclass(hints[f.name]))
+
+
+def bounds(setting: Setting) -> str:
+    """The range a numeric setting allows, in words (``at least 1``, ``above 0 and at most 1``), or ``""``."""
+    text = " and ".join(f"{_BOUNDS[b][0]} {setting.meta[b]:g}" for b in _BOUNDS if b in setting.meta)
+    if text and setting.meta.get("zero_is_none"):
+        text += f", or 0 ({setting.meta.get('zero', 'none')})"
+    return text
+
+
+def _allows(setting: Setting, value: Any) -> bool:
+    if setting.choices is not None:
+        return value in setting.choices
+    if "pattern" in setting.meta:
+        return isinstance(value, str) and re.fullmatch(setting.meta["pattern"], value) is not None
+    if not setting.numeric:
+        return True
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if setting.kind is int else numbers.Real):
+        return False
+    return all(_BOUNDS[b][1](value, setting.meta[b]) for b in _BOUNDS if b in setting.meta)
+
+
+def allowed_text(setting: Setting) -> str:
+    """What ``setting`` allows, in words: ``an integer, at least 1``, ``one of sgd, adam, adamw``."""
+    if setting.choices is not None:
+        return f"one of {', '.join(map(str, setting.choices))}"
+    if "allowed" in setting.meta:
+        return setting.meta["allowed"]
+    what = _expected(setting)
+    return f"{what}, {bounds(setting)}" if bounds(setting) else what
+
+
+def check_value(setting: Setting, value: Any, where: str) -> None:
+    """``ValueError`` ``"{where} {value}: expected {what is allowed}"`` when ``value`` is outside ``setting``'s
+    type, range or choices (None is allowed where the field is optional; a list must hold one value at least)."""
+    if value is None and setting.optional:
+        return
+    items = value if setting.many and isinstance(value, (list, tuple)) else [value]
+    if (setting.many and not items) or not all(_allows(setting, v) for v in items):
+        shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in items)
+        raise ValueError(f"{where} {shown or '(empty)'}: expected {allowed_text(setting)}")
+
+
+def validate(cfg: Any) -> None:
+    """Check every own field of config ``cfg`` (``__post_init__`` of the config dataclasses): ``ValueError`` naming
+    the flag, the value received and what is allowed. A ``zero_is_none`` field given 0 becomes None."""
+    for setting in _own_settings(type(cfg)):
+        value = getattr(cfg, setting.name)
+        if setting.meta.get("zero_is_none") and value == 0 and not isinstance(value, bool):
+            setattr(cfg, setting.name, None)
+            continue
+        check_value(setting, value, setting.flags[0])
 
 
 def _get(cfg: Any, path: tuple[str, ...]) -> Any:
@@ -237,4 +305,6 @@ def read_settings(params: str | Path, cls: type) -> tuple[dict[str, Any], str]:
         raise ValueError(f"{path}: unknown settings {', '.join(unknown)} (a settings file holds: "
                          f"{', '.join(allowed)})")
     typed = {k: coerce(allowed[k], v, f"{path}: {k}") for k, v in found.items()}
+    for k, v in typed.items():
+        check_value(allowed[k], v, f"{path}: {k}")
     return typed, f"{path}: {values.get('_note', 'settings read from this file')}"

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from smallct.config.run import CVConfig, DataConfig, TrainConfig, option, to_dict
+from smallct.config.run import DEVICE, THREADS_HELP, CVConfig, DataConfig, TrainConfig, option, to_dict
+from smallct.config.schema import validate
 
 # Figures a nested CV can choose a candidate by (smallct.engine.nested says which way is better).
 Select = Literal["accuracy", "balanced_accuracy", "roc_auc", "mean_auc", "log_loss", "weighted_log_loss"]
@@ -35,17 +36,20 @@ class NestedConfig:
 
     # name -> settings; folds, repeats, seed, out and test_curves are nested's own
     candidates: dict[str, CVConfig] = option(factory=dict, cli=False, file=False)
-    inner_folds: int = option(3, "inner cross-validation folds on each outer training part")
+    inner_folds: int = option(3, "inner cross-validation folds on each outer training part", ge=2)
     select: Select = option("accuracy", "inner pooled figure that chooses the candidate")
     threshold: Literal["inner", "fixed"] = option(
         "inner", "binary tasks: inner chooses the decision threshold on the winner's inner out-of-fold predictions; "
                  "fixed keeps 0.5 (both are reported at 0.5 too)")
     refit: bool = option(True, "train the winner on the whole outer training part; --no-refit averages its inner "
                                "fold models instead (a cross-fitted ensemble: no further fit, no checkpoints)")
-    folds: int = option(5, "outer cross-validation folds")
-    repeats: int = option(1, "repeats of the outer cross-validation")
-    seed: int = option(0, "seed of the outer and inner folds")
+    folds: int = option(5, "outer cross-validation folds", ge=2)
+    repeats: int = option(1, "repeats of the outer cross-validation", ge=1)
+    seed: int = option(0, "seed of the outer and inner folds", ge=0)
     out: Path = option(Path("runs/nested"), "run folder; the same --out resumes", file=False)
+
+    def __post_init__(self):
+        validate(self)
 
 
 @dataclass
@@ -55,8 +59,8 @@ class TuneConfig:
     base: CVConfig = field(default_factory=lambda: CVConfig(out=Path("runs/tune")))  # ``base.out``: study folder
     space: dict | None = option(None, cli=False, file=False)  # None: smallct.tuning.space.default_space
     trials: int = option(20, "finished (complete or pruned) trials the study should hold; the same command again "
-                             "continues up to this number")
-    timeout: float | None = option(None, "seconds after which this worker starts no new trial")
+                             "continues up to this number", ge=1)
+    timeout: float | None = option(None, "seconds after which this worker starts no new trial", gt=0)
     storage: str | None = option(None, "Optuna storage: sqlite:///PATH (default OUT/optuna.db), postgresql://..., "
                                        "mysql://..., journal:PATH (several processes on one host), redis://...")
     study: str = option("smallct", "study name in the storage")
@@ -65,12 +69,15 @@ class TuneConfig:
                                             "multi-label tasks)")
     pruner: Pruner = option("median", "stop trials that fall behind at the same epoch")
     prune_after: int | None = option(None, "epochs (counted over folds) before any pruning (default: half of "
-                                           "--epochs)")
-    startup_trials: int = option(5, "random trials before TPE sampling, and finished trials before pruning")
-    worker: int = option(0, "this worker's index (give each worker its own: it varies the sampler seed)")
+                                           "--epochs; 0: from the first)", ge=0)
+    startup_trials: int = option(5, "random trials before TPE sampling, and finished trials before pruning", ge=0)
+    worker: int = option(0, "this worker's index (give each worker its own: it varies the sampler seed)", ge=0)
     keep_checkpoints: bool = option(False, "keep every trial's fold checkpoints", flag="--keep-checkpoints")
     report: bool = option(True, "write best_params.json, tables and plots at the end")
-    top: int = option(10, "rows of the top-trials table")
+    top: int = option(10, "rows of the top-trials table", ge=1)
+
+    def __post_init__(self):
+        validate(self)
 
 
 @dataclass
@@ -80,9 +87,10 @@ class FewShotConfig:
     data: DataConfig = field(default_factory=DataConfig)
     arch: str = option("tf_efficientnet_lite0", "backbone; any torchvision or timm name")
     weights: str = option("imagenet", "imagenet, none (random initialisation) or a PATH")
-    shots: list[int] = option(factory=lambda: [1, 5, 10, 20], help="labelled images per class, e.g. 1,5,10,20")
-    episodes: int = option(100, "episodes per k for proto, linear, knn, labelprop")
-    finetune_episodes: int = option(20, "episodes per k for finetune")
+    shots: list[int] = option(factory=lambda: [1, 5, 10, 20], help="labelled images per class, e.g. 1,5,10,20",
+                              ge=1)
+    episodes: int = option(100, "episodes per k for proto, linear, knn, labelprop", ge=1)
+    finetune_episodes: int = option(20, "episodes per k for finetune", ge=1)
     methods: list[str] = option(factory=lambda: ["proto", "linear", "knn", "labelprop"],
                                 help="comma-separated: proto, linear, knn, labelprop (transductive: uses the "
                                      "unlabelled query images), finetune", flag=("--method", "--methods"))
@@ -91,16 +99,21 @@ class FewShotConfig:
                                   "beat avg on Head CT selection episodes (seed 1)")
     flip: bool = option(False, "average each embedding with its left-right mirror's (no consistent gain on Head CT)")
     normalize: Normalization = option(
-        "standardize", "embedding transform before the methods; standardize and center-l2 use the mean (and spread) "
-                       "of all images' embeddings, no labels (transductive); l2 uses no other image")
-    C: float = option(0.1, "linear probe: inverse L2 penalty (fixed, never chosen on query labels)")
-    knn_k: int = option(5, "knn: neighbours (at most the shots per class)")
+        "standardize", "embedding transform before the methods; standardize and center-l2 take the mean (and spread) "
+                       "from each episode's support images (labelprop: support and query, no labels); l2 uses no "
+                       "other image")
+    C: float = option(0.1, "linear probe: inverse L2 penalty (fixed, never chosen on query labels)", gt=0)
+    knn_k: int = option(5, "knn: neighbours (at most the shots per class)", ge=1)
     finetune: TrainConfig = field(default_factory=_finetune_defaults)
     finetune_img_size: int | None = option(160, "input size for fine-tuning (0: the embedding size)",
-                                           zero_is_none=True)
-    seed: int = option(0, "draws of the episodes (and random initialisation)")
-    device: str = option("auto", "auto, cpu or cuda")
+                                           zero_is_none=True, zero="the embedding size", ge=1)
+    seed: int = option(0, "draws of the episodes (and random initialisation)", ge=0)
+    device: str = option("auto", "auto, cpu or cuda", **DEVICE)
+    threads: int | None = option(None, THREADS_HELP, ge=1, file=False)
     out: Path = option(Path("runs/fewshot"), "output folder", file=False)
+
+    def __post_init__(self):
+        validate(self)
 
 
 @dataclass
@@ -112,20 +125,24 @@ class CurveConfig:
     weights: list[str] = option(factory=lambda: ["imagenet", "none"],
                                 help="comma-separated weight sources to compare: imagenet, none, PATH")
     sizes: list[int] = option(factory=lambda: [10, 20, 40, 80, 160], help="training images per fold, e.g. "
-                                                                          "10,20,40,80,160")
+                                                                          "10,20,40,80,160", ge=1)
     methods: list[str] = option(factory=lambda: ["probe"], flag=("--method", "--methods"),
                                 help="probe (linear probe on frozen embeddings, seconds) and/or finetune (one network "
                                      "per n, fold, repeat and weights: about 10-30 s per fit of Lite0 at 160 px on a "
                                      "2-core CPU)")
-    folds: int = option(5, "cross-validation folds (smallct.cv's, near-duplicates grouped)")
-    repeats: int = option(1, "repeated CV (other fold draws)")
+    folds: int = option(5, "cross-validation folds (smallct.cv's, near-duplicates grouped)", ge=2)
+    repeats: int = option(1, "repeated CV (other fold draws)", ge=1)
     pool: Pooling = option(FewShotConfig.pool, "embedding pooling (as smallct.fewshot): avg, max, avgmax, multiscale")
     flip: bool = option(FewShotConfig.flip, "average each embedding with its left-right mirror's")
     normalize: Normalization = option(FewShotConfig.normalize, "embedding transform before the probe")
-    C: float = option(FewShotConfig.C, "linear probe: inverse L2 penalty (fixed)")
+    C: float = option(FewShotConfig.C, "linear probe: inverse L2 penalty (fixed)", gt=0)
     finetune: TrainConfig = field(default_factory=_finetune_defaults)
     finetune_img_size: int | None = option(160, "input size for fine-tuning (0: the embedding size)",
-                                           zero_is_none=True)
-    seed: int = option(0, "seed of the folds and the draws")
-    device: str = option("auto", "auto, cpu or cuda")
+                                           zero_is_none=True, zero="the embedding size", ge=1)
+    seed: int = option(0, "seed of the folds and the draws", ge=0)
+    device: str = option("auto", "auto, cpu or cuda", **DEVICE)
+    threads: int | None = option(None, THREADS_HELP, ge=1, file=False)
     out: Path = option(Path("runs/curve"), "output folder", file=False)
+
+    def __post_init__(self):
+        validate(self)

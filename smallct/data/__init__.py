@@ -14,5 +14,6 @@ __all__, __getattr__, __dir__ = exports(__name__, {
     "smallct.data.transforms": ["augment", "normalize", "random_affine", "random_flip"],
     "smallct.data.cache": ["cache_key", "decode_all", "load_images"],
     "smallct.data.folds": ["Folds", "fold_assignment", "make_folds"],
-    "smallct.data.similar": ["combine_groups", "near_duplicate_groups", "similar_groups", "similarity"],
+    "smallct.data.similar": ["Grouping", "combine_groups", "near_duplicate_groups", "plausible_cut", "similar_groups",
+        "similarity"],
 }, fallback=_legacy.forward(__name__))  # smallct 0.1's smallct.data (the Head CT manifest): verify, build_manifest

@@ -7,7 +7,8 @@ joins the dataset's own groups (patients, when known) with near-duplicate groups
 ``StratifiedGroupKFold`` when there are groups (no group in two folds). Multi-label targets are
 stratified on their label combinations, those carried by fewer than ``folds`` patients merged by the
 first column (``any`` for RSNA), as far as groups allow (see :func:`_strata`). It returns a
-:class:`Folds`: the assignment and the groups it respects.
+:class:`Folds`: the assignment, the groups it respects, and (:attr:`Folds.units`) what a bootstrap of
+its figures must resample: those same groups.
 """
 
 from __future__ import annotations
@@ -19,23 +20,44 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from smallct.config.run import GROUP_SIMILAR
-from smallct.data.similar import near_duplicate_groups
+from smallct.data.similar import Grouping, near_duplicate_groups
 from smallct.datasets.folder import Dataset
+from smallct.evaluation.intervals import Units
 
 
 @dataclass(frozen=True)
 class Folds:
     """A fold assignment and what it respects.
 
-    ``assignment`` (repeats, N): the test fold of every image in every repeat. ``groups`` (N,): a group id
-    per image, every group inside one fold (None: no groups, every image on its own). ``similar``: the
-    near-duplicate pairs linked, ``(i, j, correlation)``, at correlation ``threshold`` (None: not looked for).
+    ``assignment`` (repeats, N): the test fold of every image in every repeat. ``grouping``: the groups
+    kept whole and how they were found (:class:`smallct.data.similar.Grouping`).
     """
 
     assignment: np.ndarray
-    groups: np.ndarray | None = None
-    similar: list[tuple[int, int, float]] = field(default_factory=list)
-    threshold: float | None = None
+    grouping: Grouping = field(default_factory=lambda: Grouping(None))
+
+    @property
+    def groups(self) -> np.ndarray | None:
+        """(N,) a group id per image, every group inside one fold (None: every image on its own)."""
+        return self.grouping.groups
+
+    @property
+    def similar(self) -> list[tuple[int, int, float]]:
+        """The near-duplicate pairs linked, ``(i, j, correlation)``."""
+        return self.grouping.pairs
+
+    @property
+    def threshold(self) -> float | None:
+        """The correlation asked for (None: near-duplicates not looked for)."""
+        return self.grouping.threshold
+
+    @property
+    def units(self) -> Units:
+        """What a bootstrap of these folds' figures resamples: the groups they keep whole (images when none)."""
+        n = self.assignment.shape[1]
+        if self.grouping.groups is None or self.grouping.unit == "images":
+            return Units(n)
+        return Units(n, self.grouping.groups, self.grouping.unit)
 
     @property
     def repeats(self) -> int:
@@ -51,9 +73,13 @@ class Folds:
             yield k, np.flatnonzero(self.assignment[repeat] != k), np.flatnonzero(self.assignment[repeat] == k)
 
     def similar_record(self, ids: list[str]) -> dict:
-        """What ``run.json`` records of the near-duplicates: the threshold and the pairs, by image id."""
-        return {"threshold": self.threshold,
-                "pairs": [[ids[i], ids[j], round(c, 4)] for i, j, c in self.similar]}
+        """What ``run.json`` records of the near-duplicates: the thresholds, the pairs by image id, what was done."""
+        return self.grouping.record(ids)
+
+    def resampling_record(self) -> dict:
+        """What ``run.json`` records for the intervals: the unit, how many, and each image's group."""
+        units = self.units
+        return {**units.record(), "groups": None if units.groups is None else [int(g) for g in units.groups]}
 
 
 def make_folds(dataset: Dataset, folds: int = 5, repeats: int = 1, seed: int = 0,
@@ -72,9 +98,9 @@ def make_folds(dataset: Dataset, folds: int = 5, repeats: int = 1, seed: int = 0
     resize, crop, workers, progress
         How the thumbnails are decoded (:func:`smallct.data.similar.near_duplicate_groups`).
     """
-    groups, similar = near_duplicate_groups(dataset, group_similar, resize, crop, workers, progress, log)
-    assignment = fold_assignment(dataset.labels, folds, repeats, seed, groups)
-    return Folds(assignment, groups, similar, group_similar)
+    grouping = near_duplicate_groups(dataset, group_similar, resize, crop, workers, progress, log)
+    assignment = fold_assignment(dataset.labels, folds, repeats, seed, grouping.groups)
+    return Folds(assignment, grouping)
 
 
 def _strata(labels: np.ndarray, folds: int = 5, groups: np.ndarray | None = None) -> np.ndarray:

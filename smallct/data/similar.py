@@ -8,9 +8,17 @@ inflated. :func:`similar_groups` links every pair whose grey thumbnails correlat
 (union-find, so chains form one group); :func:`smallct.data.folds.make_folds` passes the groups to a
 grouped stratified splitter. Grouping unrelated but similar images is the safe error: it only makes folds a little less
 balanced, never leaks.
+
+Grouping never switches itself off. When single linkage chains an implausibly large set (more than
+:data:`PLAUSIBLE_SHARE` of the images, or of the patients where patients are known, counting only links
+between different patients), the links are cut at the stricter correlation where no set is that large,
+and :class:`Grouping` records it; when even near-identical links (:data:`STRICTEST_CUT`) chain such a set,
+a ``ValueError`` says how to choose (``--group-similar 0`` turns grouping off knowingly).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,7 +30,9 @@ from smallct.data.cache import load_images
 DEFAULT_THRESHOLD = GROUP_SIMILAR  # Pearson correlation of 64 px grey thumbnails (after crop and pad)
 THUMBNAIL = 64
 DECODE_SIZE = 128  # images are decoded at this size, then shrunk to THUMBNAIL (the threshold was set this way)
-SKIP_SHARE = 0.1  # a group holding more than this share of the images means uniformly similar images
+PLAUSIBLE_SHARE = 0.1  # a linked set of more than this share of the images (patients) is not a set of near-duplicates
+PLAUSIBLE_MIN = 3  # ... nor is it at any size up to this (two or three copies of one slice are plausible in a small set)
+STRICTEST_CUT = 0.97  # links this close are the same slice: when they alone chain a large set, stop and ask
 
 
 def similarity(images: torch.Tensor, size: int = THUMBNAIL) -> np.ndarray:
@@ -71,28 +81,102 @@ def combine_groups(a: np.ndarray | None, b: np.ndarray) -> np.ndarray:
     return _components(len(b), edges)
 
 
+@dataclass(frozen=True)
+class Grouping:
+    """The groups a splitter keeps whole, and how they were found.
+
+    ``groups`` (N,) group ids (None: none, every image on its own); ``pairs`` the near-duplicate links kept,
+    ``(i, j, correlation)``; ``threshold`` the correlation asked for (None: not looked for); ``cut_above``
+    the stricter correlation the links were cut above when the asked one chained an implausible set;
+    ``unit`` what a group is, in words (the unit a bootstrap of these folds resamples); ``note`` what was done.
+    """
+
+    groups: np.ndarray | None
+    pairs: list[tuple[int, int, float]] = field(default_factory=list)
+    threshold: float | None = None
+    cut_above: float | None = None
+    unit: str = "images"
+    note: str = ""
+
+    def record(self, ids: list[str]) -> dict:
+        """What ``run.json`` records: the thresholds, the pairs by image id, what was done."""
+        return {"threshold": self.threshold, "cut_above": self.cut_above, "unit": self.unit, "note": self.note,
+                "pairs": [[ids[i], ids[j], round(c, 4)] for i, j, c in self.pairs]}
+
+
+def plausible_cut(owner: np.ndarray, pairs: list[tuple[int, int, float]], share: float = PLAUSIBLE_SHARE
+                  ) -> tuple[float | None, int]:
+    """The correlation above which links must be cut so that no linked set holds more than ``share`` of the
+    owners (patients, or images), and the largest set the asked links would make.
+
+    ``owner`` (N,) owner index per image, ``pairs`` sorted by decreasing correlation. Single linkage adds
+    the links from the closest down; the first link that would join a set larger than allowed sets the cut
+    (None: no cut needed). Links within one owner are not counted: a patient's series is one group by design.
+    """
+    n = int(owner.max()) + 1 if len(owner) else 0
+    limit = max(share * n, PLAUSIBLE_MIN)
+    parent, size = list(range(n)), [1] * n
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    cut, largest = None, 1
+    for i, j, c in pairs:
+        a, b = root(owner[i]), root(owner[j])
+        if a == b:
+            continue
+        parent[a] = b
+        size[b] += size[a]
+        if size[b] > limit and cut is None:
+            cut = c
+        largest = max(largest, size[b])
+    return cut, largest
+
+
 def near_duplicate_groups(dataset, threshold: float | None = DEFAULT_THRESHOLD, resize: str = "pad",
-                          crop: bool = True, workers: int = 0, progress: bool = False, log=print
-                          ) -> tuple[np.ndarray | None, list[tuple[int, int, float]]]:
+                          crop: bool = True, workers: int = 0, progress: bool = False, log=print) -> Grouping:
     """Groups for a splitter: the dataset's own groups (patients, when known) joined with near-duplicates.
 
     Images are decoded at :data:`DECODE_SIZE` px and compared as :data:`THUMBNAIL` px thumbnails, whatever
-    the training image size, so runs at other
-    ``--img-size`` share their folds (and can be compared image by image). When one group would hold
-    more than :data:`SKIP_SHARE` of the images (uniformly similar images, as in a synthetic set),
-    linking tells nothing about leakage: the grouping is skipped with a message.
+    the training image size, so runs at other ``--img-size`` share their folds (and can be compared image
+    by image). An implausibly large linked set is cut at a stricter correlation, saying so, or, when only
+    near-identical links chain it, a ``ValueError`` (see the module's text).
     """
+    patients = dataset.groups
     if not threshold:
-        return dataset.groups, []
+        unit = "patients" if patients is not None else "images"
+        return Grouping(patients, [], None, None, unit, "near-duplicates not looked for (--group-similar 0)")
     thumbs = load_images(dataset.files, DECODE_SIZE, resize, crop, workers=workers, progress=progress)
-    groups, pairs = similar_groups(thumbs, threshold)
-    largest = int(np.bincount(groups).max())
-    if largest > len(groups) * SKIP_SHARE:
-        log(f"similar-image grouping skipped: {largest} of {len(groups)} images would form one group "
-            f"at correlation >= {threshold} (uniformly similar images, as in a synthetic set)")
-        return dataset.groups, []
+    _, pairs = similar_groups(thumbs, threshold)
+    owner = (np.arange(len(dataset)) if patients is None
+             else np.unique(np.asarray(patients).astype(str), return_inverse=True)[1].ravel())
+    pairs = [p for p in pairs if owner[p[0]] != owner[p[1]]]  # links within a patient add nothing
+    whom = "patients" if patients is not None else "images"
+    cut, largest = plausible_cut(owner, pairs)
+    note = f"links at thumbnail correlation >= {threshold}"
+    if cut is not None:
+        if cut >= STRICTEST_CUT:
+            raise ValueError(
+                f"near-duplicate grouping: {largest} of {owner.max() + 1} {whom} form one linked set even through "
+                f"links of correlation >= {STRICTEST_CUT} (uniformly similar images?): such a set cannot be kept in "
+                f"one fold; pass --group-similar 0 to turn grouping off knowingly")
+        kept = [p for p in pairs if p[2] > cut]
+        note = (f"at correlation >= {threshold} {largest} of {owner.max() + 1} {whom} formed one linked set "
+                f"(implausible for near-duplicates: more than {PLAUSIBLE_SHARE:.0%}); links cut above {cut:.4f}, "
+                f"keeping {len(kept)} of {len(pairs)} pairs")
+        log(f"near-duplicate grouping: {note} (--group-similar CORR to choose, 0 turns grouping off)")
+        pairs = kept
     if pairs:
         shown = "; ".join(f"{dataset.files[i].name}~{dataset.files[j].name} {c:.3f}" for i, j, c in pairs[:4])
         log(f"found {len(pairs)} pairs of near-duplicate or very similar images (thumbnail correlation >= "
             f"{threshold}; e.g. {shown}): each linked set is kept in one fold (--group-similar 0 turns this off)")
-    return combine_groups(dataset.groups, groups), pairs
+    linked = _components(len(dataset), [(i, j) for i, j, _ in pairs])
+    groups = combine_groups(patients, linked)
+    if patients is not None:
+        unit = "patient groups" if pairs else "patients"
+    else:
+        unit = "near-duplicate groups" if pairs else "images"
+    return Grouping(groups, pairs, threshold, cut, unit, note)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from smallct.datasets.folder import load_dataset
+from smallct.datasets.folder import read_labelled_folder
 from smallct.io.images import describe_image, list_images
 
 
@@ -26,7 +26,7 @@ def describe(folder: str | Path, labels: str | Path | None = None) -> pd.DataFra
     """
     folder = Path(folder)
     try:
-        dataset = load_dataset(folder, labels=labels)
+        dataset = read_labelled_folder(folder, labels=labels)  # classes as the files say
         files = dataset.files
         label_of = dict(zip(dataset.files, dataset.label_names()))
     except ValueError:

@@ -11,18 +11,29 @@ Three layouts are read:
 
 Every problem is collected and reported at once, in one line: ids without a file, files without a
 label, duplicated ids with conflicting labels, labels outside the expected classes.
+
+An image's id is its file's name without the suffix, as text (``000`` for ``000.png``, whatever the
+CSV wrote: ``0``), or its path below the set's folder where names repeat (:func:`image_ids`); tables
+(``oof.csv``, predictions) join on it. :func:`read_labelled_folder` reads the classes as the files
+say; :func:`load_dataset` also names them and puts the positive one of two at index 1
+(:func:`smallct.datasets.classes.name_classes`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from smallct.config.run import DataConfig
+from smallct.datasets.classes import name_classes
+from smallct.datasets.head_ct import HEAD_CT_CLASSES, is_head_ct
 from smallct.datasets.phantom import phantom_folder
 from smallct.datasets.rsna import LABELS
 from smallct.io.images import IMAGE_SUFFIXES, list_images
@@ -34,7 +45,8 @@ class Dataset:
 
     ``labels`` is (N,) int class indices into ``class_names`` for binary/multiclass tasks, or
     (N, L) 0/1 for multi-label tasks (``class_names`` are then the label names). ``groups`` (N,)
-    holds a patient id per image when known, so that folds never split a patient.
+    holds a patient id per image when known, so that folds never split a patient. ``positive_class``
+    is ``class_names[1]`` of a two-class set whose positive class is decided (None otherwise).
     """
 
     ids: list[str]
@@ -45,6 +57,7 @@ class Dataset:
     groups: np.ndarray | None = None
     source: str = ""
     meta: dict = field(default_factory=dict)
+    positive_class: str | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -59,7 +72,8 @@ class Dataset:
         return Dataset(
             ids=[self.ids[i] for i in index], files=[self.files[i] for i in index],
             labels=self.labels[index], class_names=self.class_names, task=self.task,
-            groups=None if self.groups is None else self.groups[index], source=self.source, meta=self.meta)
+            groups=None if self.groups is None else self.groups[index], source=self.source, meta=self.meta,
+            positive_class=self.positive_class)
 
 
 def _short(items, limit: int = 8) -> str:
@@ -77,6 +91,29 @@ def _file_index(files: list[Path]) -> dict[str, Path]:
         if path.stem.isdigit():
             index.setdefault(str(int(path.stem)), path)
     return index
+
+
+def image_ids(files: Sequence[str | Path]) -> list[str]:
+    """The id of each image file, as text: its name without the suffix (``000`` for ``000.png``: zero padding
+    kept), or where files share that name, their path below the folder they share (``normal/000``)."""
+    files = [Path(f) for f in files]
+    count = Counter(f.stem for f in files)
+    repeated = [os.path.abspath(f.parent) for f in files if count[f.stem] > 1]
+    root = Path(os.path.commonpath(repeated)) if repeated else None
+    ids = [f.stem if count[f.stem] == 1 else Path(os.path.abspath(f)).relative_to(root).with_suffix("").as_posix()
+           for f in files]
+    again = Counter(ids)  # a.png and a.jpg in one folder: the suffix tells them apart
+    return [i if again[i] == 1 else Path(os.path.abspath(f)).relative_to(root).as_posix() for i, f in zip(ids, files)]
+
+
+def same_ids(recorded: Sequence, ids: Sequence[str]) -> bool:
+    """Whether ``recorded`` ids (a run.json) name the images ``ids`` do; a run of smallct 0.1.0 recorded a
+    numeric CSV id without its zero padding (``0`` for ``000.png``)."""
+    def unpadded(i) -> str:
+        return str(int(i)) if str(i).isdigit() else str(i)
+
+    recorded = [str(i) for i in recorded]
+    return recorded == list(ids) or [unpadded(i) for i in recorded] == [unpadded(i) for i in ids]
 
 
 def _normalise_id(value) -> str:
@@ -158,12 +195,13 @@ def read_csv_labels(folder: Path, labels: Path, id_col: str | None = None, label
     table = table[table[id_col].isin(index)]
     paths = [index[i] for i in table[id_col]]
     order = np.argsort([str(p) for p in paths], kind="stable")
+    ids = image_ids([paths[i] for i in order])  # the file's own name, never the CSV's form of it
     raw = table[label_col].tolist()
     if classes is None and pd.to_numeric(table[label_col], errors="coerce").notna().all():
         raw = [str(int(float(v))) for v in raw]
     labels_arr = np.array([names.index(str(v)) for v in raw], dtype=np.int64)
     return Dataset(
-        ids=[table[id_col].iloc[i] for i in order], files=[paths[i] for i in order],
+        ids=ids, files=[paths[i] for i in order],
         labels=labels_arr[order], class_names=names, task="binary" if len(names) == 2 else "multiclass",
         source=f"{folder} (labels {labels})")
 
@@ -182,19 +220,36 @@ def read_class_folders(folder: Path, classes: list[str] | None = None) -> Datase
         problems.append("a class-per-folder layout needs at least two sub-folders with images")
     if problems:
         raise ValueError(f"{folder}: " + "; ".join(problems))
-    ids, files, labels = [], [], []
+    files, labels = [], []
     for name in names:
         for path in found.get(name, []):
-            ids.append(f"{name}/{path.stem}")
             files.append(path)
             labels.append(names.index(name))
-    return Dataset(ids=ids, files=files, labels=np.array(labels, dtype=np.int64), class_names=names,
+    return Dataset(ids=image_ids(files), files=files, labels=np.array(labels, dtype=np.int64), class_names=names,
                    task="binary" if len(names) == 2 else "multiclass", source=f"{folder} (class folders)")
 
 
 def load_dataset(folder: str | Path, labels: str | Path | None = None, id_col: str | None = None,
-                 label_col: str | None = None, classes: list[str] | None = None) -> Dataset:
-    """Find and read the labels of an image folder.
+                 label_col: str | None = None, class_names: Sequence[str] | None = None,
+                 positive_class: str | None = None) -> Dataset:
+    """Find and read the labels of an image folder (:func:`read_labelled_folder`), and name its classes.
+
+    ``class_names`` and ``positive_class`` are ``--class-names`` and ``--positive-class``
+    (:func:`smallct.datasets.classes.name_classes`): of two classes the positive one is index 1. The Kaggle
+    Head CT set, recognised by its manifest, gets :data:`smallct.datasets.head_ct.HEAD_CT_CLASSES`.
+    ``ValueError`` (one line, naming both) for two text classes and no ``positive_class``.
+    """
+    dataset = read_labelled_folder(folder, labels, id_col, label_col)
+    default = None
+    if class_names is None and dataset.task == "binary" and dataset.class_names == ["0", "1"]:
+        default = HEAD_CT_CLASSES if is_head_ct(folder, dataset.files, dataset.label_names()) else None
+    return name_classes(dataset, class_names, positive_class, default)
+
+
+def read_labelled_folder(folder: str | Path, labels: str | Path | None = None, id_col: str | None = None,
+                         label_col: str | None = None) -> Dataset:
+    """Find and read the labels of an image folder, classes as the files say (digits, or sorted names; none
+    marked positive: :func:`load_dataset` decides that).
 
     ``labels`` given: that CSV. Else ``folder/labels.csv`` when present, else class sub-folders.
     A prepared folder (``smallct.prepare``) with a ``manifest.csv`` is read by :func:`read_manifest`
@@ -207,14 +262,14 @@ def load_dataset(folder: str | Path, labels: str | Path | None = None, id_col: s
         labels = Path(labels)
         if not labels.is_file():
             raise ValueError(f"{labels}: no such labels file")
-        return read_csv_labels(folder, labels, id_col, label_col, classes)
+        return read_csv_labels(folder, labels, id_col, label_col)
     for name, reader in MANIFEST_READERS.items():
         if (folder / name).is_file():
             return reader(folder)
     if (folder / "labels.csv").is_file():
-        return read_csv_labels(folder, folder / "labels.csv", id_col, label_col, classes)
+        return read_csv_labels(folder, folder / "labels.csv", id_col, label_col)
     if any(p.is_dir() for p in folder.iterdir()):
-        return read_class_folders(folder, classes)
+        return read_class_folders(folder)
     images = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
     raise ValueError(f"{folder}: {len(images)} images but no labels: add labels.csv, pass --labels CSV, "
                      "or put each class in a sub-folder")
@@ -284,17 +339,22 @@ def read_manifest(folder: str | Path) -> Dataset:
 MANIFEST_READERS: dict = {"manifest.csv": read_manifest}
 
 
-def phantom_dataset(n: int = 200, seed: int = 0, log=print) -> Dataset:
-    """The embedded default: a synthetic head-CT phantom set of ``n`` images, written once into the cache."""
+def phantom_dataset(n: int = 200, seed: int = 0, log=print, class_names: Sequence[str] | None = None,
+                    positive_class: str | None = None) -> Dataset:
+    """The embedded default: a synthetic head-CT phantom set of ``n`` images, written once into the cache.
+
+    Its labels mean what the Head CT set's do (1: a lesion), so its classes are named alike unless
+    ``class_names`` says otherwise.
+    """
     folder = phantom_folder(n, seed)
     log(f"SYNTHETIC DATA: no --data given, so this run uses {n} generated head-CT phantom images in {folder}. "
         "For the real Kaggle Head CT set pass --data DIR (the folder with 000.png..199.png and labels.csv).")
-    return load_dataset(folder)
+    return load_dataset(folder, class_names=class_names or HEAD_CT_CLASSES, positive_class=positive_class)
 
 
 def load_data(data: DataConfig, seed: int = 0, log=print) -> Dataset:
     """The labelled images a command runs on: ``data.data`` read by :func:`load_dataset`, or without a
     folder the phantom set of ``data.phantom_n`` images (seeded by ``seed``), saying so."""
     if data.data is None:
-        return phantom_dataset(data.phantom_n, seed, log)
-    return load_dataset(data.data, data.labels, data.id_col, data.label_col)
+        return phantom_dataset(data.phantom_n, seed, log, data.class_names, data.positive_class)
+    return load_dataset(data.data, data.labels, data.id_col, data.label_col, data.class_names, data.positive_class)

@@ -4,6 +4,8 @@
 (``smallct/datasets/head_ct_manifest.csv``, the same as ``data_manifest.csv`` at the top of the
 repository) and names every missing, changed or unexpected file (``python -m smallct.data verify DIR``).
 :func:`build_manifest` writes the manifest of a folder (``python -m smallct.data manifest DIR``).
+:func:`is_head_ct` recognises the set by the manifest, so that its 0/1 labels get their names
+(:data:`HEAD_CT_CLASSES`).
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from smallct.datasets.folder import load_dataset
 from smallct.io.images import describe_image, list_images
 
 HEAD_CT_SOURCE = "kaggle:felipekitamura/head-ct-hemorrhage"
 MANIFEST_COLUMNS = ["file", "label", "sha256", "mode", "width", "height", "source"]
 MANIFEST = "head_ct_manifest.csv"  # inside this package
+HEAD_CT_CLASSES = ["normal", "hemorrhage"]  # the names of labels 0 and 1 (column ``hemorrhage`` of labels.csv)
 
 
 def sha256(path: str | Path) -> str:
@@ -33,8 +35,10 @@ def sha256(path: str | Path) -> str:
 
 def build_manifest(folder: str | Path, source: str = HEAD_CT_SOURCE) -> pd.DataFrame:
     """One row per image of ``folder``: file, label, sha256, mode, width, height, source."""
+    from smallct.datasets.folder import read_labelled_folder  # folder.py imports is_head_ct from here
+
     folder = Path(folder)
-    dataset = load_dataset(folder)
+    dataset = read_labelled_folder(folder)
     rows = []
     for path, label in zip(dataset.files, dataset.label_names()):
         info = describe_image(path)
@@ -92,11 +96,28 @@ def verify(folder: str | Path, manifest: pd.DataFrame | None = None) -> VerifyRe
         if sha256(path) != row.sha256:
             report.changed.append(row.file)
     report.unexpected = sorted(present - set(manifest["file"]))
+    from smallct.datasets.folder import read_labelled_folder  # folder.py imports is_head_ct from here
+
     try:
-        dataset = load_dataset(folder)
+        dataset = read_labelled_folder(folder)
         labels = {str(p.relative_to(folder)): lab for p, lab in zip(dataset.files, dataset.label_names())}
         report.label_mismatch = [r.file for r in manifest.itertuples()
                                  if r.file in labels and str(labels[r.file]) != str(r.label)]
     except ValueError:
         pass  # missing files are reported above; a labels problem shows up in cv with its own message
     return report
+
+
+def is_head_ct(folder: str | Path, files: list[Path], labels: list[str]) -> bool:
+    """Whether ``files`` (in ``folder``) with ``labels`` (``"0"``/``"1"``, one per file) are the Kaggle Head CT set as
+    distributed: the manifest's file names and labels, and each file's content (SHA-256, about 0.1 s for the set)."""
+    manifest = packaged_manifest()
+    if len(files) != len(manifest):
+        return False
+    try:
+        found = {Path(f).relative_to(folder).as_posix(): str(lab) for f, lab in zip(files, labels)}
+    except ValueError:  # a file outside the folder
+        return False
+    if found != dict(zip(manifest["file"], manifest["label"].astype(str))):
+        return False
+    return all(sha256(Path(folder) / row.file) == row.sha256 for row in manifest.itertuples())

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from smallct.datasets.folder import load_dataset
+from smallct.datasets.folder import read_labelled_folder
 from smallct.datasets.rsna import LABELS, read_rsna_labels
 from smallct.io.dicom import read_header, to_rgb
 from smallct.io.files import atomic_csv, atomic_json, atomic_write
@@ -314,7 +314,7 @@ def prepare_png(src: str | Path, out: str | Path, *, labels: str | Path | None =
         raise ValueError(f"--size {size}: expected a side of at least 8 px")
     if src.resolve() == out.resolve():
         raise ValueError(f"--out {out}: must differ from --src")
-    dataset = load_dataset(src, labels, id_col, label_col)
+    dataset = read_labelled_folder(src, labels, id_col, label_col)  # the classes as found
     targets = [out / "images" / Path(f).relative_to(src).with_suffix(".png") for f in dataset.files]
     clash = pd.Series([str(t) for t in targets]).duplicated(keep=False)
     if clash.any():

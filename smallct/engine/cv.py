@@ -21,12 +21,13 @@ import torch
 from smallct.config.run import CVConfig
 from smallct.data.cache import load_images
 from smallct.data.folds import Folds, make_folds
+from smallct.datasets.classes import class_note
 from smallct.datasets.explore import size_note
 from smallct.datasets.folder import Dataset, load_data
 from smallct.engine import results as tables
 from smallct.engine.estimate import estimate_seconds, fmt_duration, slow_on_cpu
 from smallct.engine.run_folder import RunFolder, fold_name, run_record
-from smallct.engine.train import fit, predict_proba, resolve_device
+from smallct.engine.train import fit, predict_proba, resolve_device, with_threads
 from smallct.evaluation import plots
 from smallct.models.factory import create_model
 from smallct.models.weights import WeightSource, resolve_weights
@@ -79,6 +80,7 @@ def folds_of(cfg: CVConfig, dataset: Dataset, progress: bool = True, log=print) 
                       cfg.data.crop, cfg.workers, progress, log)
 
 
+@with_threads()
 def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True, log=print,
            on_epoch=None, estimate: bool = True, images: torch.Tensor | None = None) -> CVResult:
     """Run (or resume) a cross-validation and write the run folder ``cfg.out``.
@@ -87,10 +89,11 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
     there). ``estimate=False`` skips the timed steps of the duration estimate (a tuner's trials).
     ``images`` (N, 3, S, S) uint8 are ``dataset``'s images already decoded as ``cfg.data`` says
     (smallct.nested passes slices of its own); by default they are decoded (and cached) here.
-    Returns a :class:`CVResult`.
+    Every input (data, weights, device, images, folds) is checked before anything is written under
+    ``cfg.out``; torch runs at ``cfg.threads`` threads. Returns a :class:`CVResult`.
     """
-    source = resolve_weights(cfg.arch, cfg.weights)  # before any work: no weights, no run
-    dataset = dataset if dataset is not None else load_data(cfg.data, cfg.seed, log)
+    dataset = dataset if dataset is not None else load_data(cfg.data, cfg.seed, log)  # first: no data, no run
+    source = resolve_weights(cfg.arch, cfg.weights)  # then: no weights, no run
     check_task(cfg, dataset)
     device = resolve_device(cfg.device)
     img_size = cfg.data.img_size or source.input_size
@@ -101,7 +104,7 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
         raise ValueError(f"images: shape {tuple(images.shape)}, expected {(len(dataset), 3, img_size, img_size)}")
     folds = folds_of(cfg, dataset, progress, log)
     folder = RunFolder(cfg.out)
-    record = run_record(cfg, dataset, source, img_size, folds.assignment, folds.similar_record(dataset.ids))
+    record = run_record(cfg, dataset, source, img_size, folds, device=device)
     if folder.is_nested():  # its results.json and oof.csv carry more than a cv run's
         raise ValueError(f"{folder.path}: holds a smallct.nested run; use another --out")
     folder.start(record, resuming=folder.check_resume(record))
@@ -111,6 +114,7 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
     log(f"smallct.cv: {cfg.arch} ({source.description}), {len(dataset)} images at {img_size} px, "
         f"{cfg.folds} folds x {cfg.repeats} repeats, {cfg.train.epochs} epochs on {device.type}"
         + (f"; resuming: {done} folds already done" if done else ""))
+    log(class_note(dataset.task, dataset.class_names))
     note = size_note(dataset.files, cfg.data.data) if cfg.data.data is not None else None
     if note:  # one pointer line; the audit itself is smallct.audit
         log(note)
@@ -181,7 +185,7 @@ def finish_run(folder: RunFolder, dataset: Dataset, cfg: CVConfig, log=print, se
     folds = folder.read_folds()
     oof, history = tables.oof_table(folds, dataset), tables.history_table(folds)
     folder.write_tables(oof, history)
-    results = tables.aggregate_results(folds, dataset, cfg)
+    results = tables.aggregate_results(folds, dataset, cfg, folder.resampling_units())
     results["seconds_this_session"] = seconds
     results["seconds_all_folds"] = float(sum(f["seconds"] for f in folds))
     folder.write_results(results)
@@ -189,7 +193,7 @@ def finish_run(folder: RunFolder, dataset: Dataset, cfg: CVConfig, log=print, se
         plots.curves_plot(history, folder.curves_png)
     if dataset.task != "multilabel":
         if len(dataset.class_names) == 2:
-            plots.roc_plot(oof, folder.roc_png)
+            plots.roc_plot(oof, folder.roc_png, positive_class=dataset.positive_class)
         plots.confusion_plot(oof["label"].to_numpy(), oof["pred"].to_numpy(), dataset.class_names,
                              folder.confusion_png)
     log(tables.format_table(results))

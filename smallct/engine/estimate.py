@@ -46,6 +46,7 @@ def estimate_seconds(model, images, labels, cfg: CVConfig, source, task, device,
 def slow_on_cpu(arch: str, device, seconds: float, rate: float) -> str | None:
     """A hint when ``arch`` will be slow on this CPU (over half an hour, or a large architecture), else None."""
     if device.type == "cpu" and (seconds > 1800 or arch.startswith(LARGE_ON_CPU)):
+        smaller = " or ".join(f"--arch {a}" for a in ("resnet18", "tf_efficientnet_lite0") if a != arch)
         return (f"note: {arch} is slow on a CPU ({rate:.1f} images/s here); for a quick answer use a smaller "
-                "architecture (--arch resnet18 or tf_efficientnet_lite0), a smaller --img-size, or a GPU.")
+                f"architecture ({smaller}), a smaller --img-size, or a GPU.")
     return None

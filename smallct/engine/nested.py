@@ -48,8 +48,8 @@ from smallct.datasets.folder import Dataset, load_data
 from smallct.engine.cv import CVResult, FoldJob, check_task, finish_run, folds_of, run_cv, train_fold, write_fold
 from smallct.engine.estimate import estimate_seconds, fmt_duration
 from smallct.engine.run_folder import SETTINGS_THAT_CHANGE_RESULTS, RunFolder, load_fold_model, load_run, run_record
-from smallct.engine.train import predict_proba, resolve_device
-from smallct.evaluation.intervals import pooled_figures
+from smallct.engine.train import predict_proba, resolve_device, with_threads
+from smallct.evaluation.intervals import Units, pooled_figures
 from smallct.evaluation.metrics import binary_metrics, choose_threshold, summarize_folds
 from smallct.models.factory import create_model
 from smallct.models.weights import resolve_weights
@@ -104,13 +104,14 @@ def _record(cfg: NestedConfig) -> dict:
             "outer_model": "refit on the outer training part" if cfg.refit else "mean of the inner fold models"}
 
 
-def _check_resume(folder: RunFolder, record: dict) -> None:
-    """``ValueError`` when the folder holds a plain cv run, or a nested run of other candidates or settings."""
+def _check_resume(folder: RunFolder, record: dict) -> bool:
+    """``ValueError`` when the folder holds a plain cv run, or a nested run of other candidates or settings with
+    finished folds; True when it holds one none of whose folds (inner or outer) finished: start it again."""
     old = folder.read_nested()
     if old is None:
         if folder.has_record():
             raise ValueError(f"{folder.path}: holds a smallct.cv run, not a nested one; use another --out")
-        return
+        return False
 
     def settings(r: dict) -> dict:
         return {n: {k: c.get(k) for k in SETTINGS_THAT_CHANGE_RESULTS} for n, c in r["candidates"].items()}
@@ -119,9 +120,12 @@ def _check_resume(folder: RunFolder, record: dict) -> None:
         changed.insert(0, f"candidates ({', '.join(old['candidates'])} there)")
     elif settings(old) != settings(record):
         changed.insert(0, "the candidates' settings")
+    if changed and not folder.has_finished_folds():
+        return True
     if changed:
         raise ValueError(f"{folder.path}: holds a nested run with other {', '.join(changed)}; use another --out, "
                          "or delete the folder to start again")
+    return False
 
 
 def estimate_nested_seconds(cfg: NestedConfig, dataset: Dataset, todo: list[tuple[int, int]], device,
@@ -145,6 +149,7 @@ def estimate_nested_seconds(cfg: NestedConfig, dataset: Dataset, todo: list[tupl
     return total + slowest
 
 
+@with_threads(lambda cfg: next(iter(cfg.candidates.values())).threads if cfg.candidates else None)
 def run_nested(cfg: NestedConfig, dataset: Dataset | None = None, progress: bool = True,
                log=print) -> CVResult:
     """Run (or resume) a nested cross-validation and write the run folder ``cfg.out``.
@@ -154,8 +159,8 @@ def run_nested(cfg: NestedConfig, dataset: Dataset | None = None, progress: bool
     """
     check_config(cfg)
     outer_cfg = _outer_config(cfg)
+    dataset = dataset if dataset is not None else load_data(outer_cfg.data, outer_cfg.seed, log)  # no data, no run
     sources = {n: resolve_weights(c.arch, c.weights) for n, c in cfg.candidates.items()}  # no weights, no run
-    dataset = dataset if dataset is not None else load_data(outer_cfg.data, outer_cfg.seed, log)
     check_task(outer_cfg, dataset)
     _check_select(cfg, dataset)
     device = resolve_device(outer_cfg.device)
@@ -169,14 +174,15 @@ def run_nested(cfg: NestedConfig, dataset: Dataset | None = None, progress: bool
             loaded[key] = load_images(dataset.files, *key, workers=c.workers, progress=progress)
         return loaded[key]
 
+    for name in cfg.candidates:  # decoded (and so checked) before anything is written under --out
+        images_for(name)
     folds = folds_of(outer_cfg, dataset, progress, log)
     folder = RunFolder(cfg.out)
     first = next(iter(cfg.candidates))
-    record = run_record(outer_cfg, dataset, sources[first], sizes[first], folds.assignment,
-                        folds.similar_record(dataset.ids))
+    record = run_record(outer_cfg, dataset, sources[first], sizes[first], folds, device=device)
     record["nested"] = _record(cfg)
-    _check_resume(folder, record["nested"])
-    folder.start(record, resuming=folder.check_resume(record), nested=record["nested"])
+    restart = _check_resume(folder, record["nested"])
+    folder.start(record, resuming=not restart and folder.check_resume(record), nested=record["nested"])
     todo = [(r, k) for r in range(cfg.repeats) for k in range(cfg.folds) if not folder.is_done(r, k)]
     _log_start(cfg, dataset, todo, device, images_for, log)
 
@@ -327,7 +333,7 @@ def _figures_at_thresholds(result: CVResult, folds: list[dict], dataset: Dataset
     oof["pred_at_threshold"] = (oof["prob"] >= oof["threshold"]).astype(int)
     RunFolder(result.out).write_tables(oof, result.history)
     if result.results.get("complete"):
-        figures.update(_pooled_at_thresholds(oof, dataset, cfg))
+        figures.update(_pooled_at_thresholds(oof, dataset, cfg, RunFolder(result.out).resampling_units()))
     return figures
 
 
@@ -336,14 +342,17 @@ def _threshold_line(figures: dict) -> str:
     pooled = ""
     if "pooled_oof" in figures:
         lo, hi = figures["pooled_oof_ci95"]["accuracy"]
-        pooled = f", pooled {figures['pooled_oof']['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f})"
+        unit = figures["ci_resampled"]
+        pooled = (f", pooled {figures['pooled_oof']['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f}, resampling "
+                  f"{unit['n_units']} {unit['unit']})")
     return (f"at the inner-chosen thresholds: accuracy {ms['accuracy']['mean']:.3f} +- {ms['accuracy']['std']:.3f} "
             f"over folds{pooled}; sensitivity {ms['sensitivity']['mean']:.3f}, specificity "
             f"{ms['specificity']['mean']:.3f}")
 
 
-def _pooled_at_thresholds(oof, dataset: Dataset, cfg: NestedConfig) -> dict:
-    """Pooled out-of-fold figures, each image at its own fold's threshold (mean over repeats), with a bootstrap CI."""
+def _pooled_at_thresholds(oof, dataset: Dataset, cfg: NestedConfig, units: Units) -> dict:
+    """Pooled out-of-fold figures, each image at its own fold's threshold (mean over repeats), with a bootstrap CI
+    over ``units`` (the groups the outer folds keep whole)."""
     index = {i: n for n, i in enumerate(dataset.ids)}
     n = len(dataset)
     P = np.full((cfg.repeats, n), np.nan)
@@ -357,5 +366,6 @@ def _pooled_at_thresholds(oof, dataset: Dataset, cfg: NestedConfig) -> dict:
     def figure(idx: np.ndarray) -> dict:
         per = [binary_metrics(y[idx], P[r, idx], T[r, idx]) for r in range(cfg.repeats)]
         return {m: float(np.mean([p[m] for p in per])) for m in names}
-    pooled, ci = pooled_figures(figure, n, ("accuracy", "balanced_accuracy"), n_boot=N_BOOT, seed=cfg.seed)
-    return {"pooled_oof": pooled, "pooled_oof_ci95": ci}
+    pooled, ci = pooled_figures(figure, units, ("accuracy", "balanced_accuracy"), n_boot=N_BOOT, seed=cfg.seed)
+    return {"pooled_oof": pooled, "pooled_oof_ci95": ci, "ci_method": units.describe(N_BOOT),
+            "ci_resampled": units.record()}

@@ -13,7 +13,7 @@ import pandas as pd
 
 from smallct.config.run import CVConfig
 from smallct.datasets.folder import Dataset
-from smallct.evaluation.intervals import over_repeats, pooled_figures
+from smallct.evaluation.intervals import Units, over_repeats, pooled_figures
 from smallct.evaluation.metrics import classification_metrics, summarize_folds
 from smallct.evaluation.multilabel import multilabel_metrics
 
@@ -27,12 +27,17 @@ def fold_metrics(dataset: Dataset, y: np.ndarray, probs: np.ndarray) -> dict:
 
 
 def oof_table(folds: list[dict], dataset: Dataset) -> pd.DataFrame:
-    """``oof.csv``: id, the label(s), the probabilities (``prob`` or ``prob_<class>``), pred, fold, repeat."""
+    """``oof.csv``: id, file, the label(s), the probabilities (``prob`` or ``prob_<class>``), pred, fold, repeat.
+
+    ``id`` (the file's name without suffix, as text) and ``file`` (its name) are those of smallct.predict's table,
+    so the two join on either. ``prob`` is the probability of the positive class, ``class_names[1]`` (recorded as
+    ``positive_class`` in run.json and results.json).
+    """
     multilabel = dataset.task == "multilabel"
     rows = []
     for f in folds:
         for i, idx in enumerate(f["test_index"]):
-            row = {"id": dataset.ids[idx]}
+            row = {"id": dataset.ids[idx], "file": dataset.files[idx].name}
             p = f["probs"][i]
             if multilabel:
                 for j, name in enumerate(dataset.class_names):
@@ -65,18 +70,22 @@ def stack_probs(folds: list[dict], n: int, repeats: int) -> np.ndarray:
     return P
 
 
-def aggregate_results(folds: list[dict], dataset: Dataset, cfg: CVConfig) -> dict:
+def aggregate_results(folds: list[dict], dataset: Dataset, cfg: CVConfig, units: Units | None = None) -> dict:
     """Per-fold metrics, mean and std over folds, and pooled out-of-fold metrics with a bootstrap CI.
 
     With repeats, a pooled metric is the mean over repeats of the metric of that repeat's pooled
-    out-of-fold predictions, and the bootstrap resamples images (the same ones in every repeat).
+    out-of-fold predictions. The bootstrap resamples ``units``: the groups the folds keep whole
+    (:attr:`smallct.data.folds.Folds.units`; default: every image on its own), the same ones in every repeat.
     """
+    units = units if units is not None else Units(len(dataset))
     complete = len(folds) == cfg.folds * cfg.repeats
     per_fold = [{"repeat": f["repeat"], "fold": f["fold"], "n_test": len(f["test_index"]), **f["metrics"]}
                 for f in folds]
     metric_names = [k for k in folds[0]["metrics"] if isinstance(folds[0]["metrics"][k], (int, float))]
     results = {
         "task": dataset.task,
+        "class_names": dataset.class_names,
+        "positive_class": dataset.positive_class,  # what prob, sensitivity, specificity and roc_auc are for
         "arch": cfg.arch,
         "weights": cfg.weights,
         "n_images": len(dataset),
@@ -93,12 +102,12 @@ def aggregate_results(folds: list[dict], dataset: Dataset, cfg: CVConfig) -> dic
         P = stack_probs(folds, len(dataset), cfg.repeats)
         metric = multilabel_metrics if dataset.task == "multilabel" else classification_metrics
         figure = over_repeats(metric, dataset.labels, P, metric_names)
-        point, ci = pooled_figures(figure, len(dataset), [m for m in metric_names if m in CI_METRICS],
+        point, ci = pooled_figures(figure, units, [m for m in metric_names if m in CI_METRICS],
                                    n_boot=N_BOOT, seed=cfg.seed)
         results["pooled_oof"] = point
         results["pooled_oof_ci95"] = ci
-        results["ci_method"] = (f"percentile bootstrap over images ({N_BOOT} resamples) of pooled out-of-fold "
-                                "predictions")
+        results["ci_method"] = f"{units.describe(N_BOOT)} of pooled out-of-fold predictions"
+        results["ci_resampled"] = units.record()
     return results
 
 
@@ -119,4 +128,11 @@ def format_table(results: dict) -> str:
         lines.append(f"{'pooled':>8} " + " ".join(f"{results['pooled_oof'][n]:>9.3f}" for n in names))
         for n, (lo, hi) in results["pooled_oof_ci95"].items():
             lines.append(f"pooled out-of-fold {n}: {results['pooled_oof'][n]:.3f} (95% CI {lo:.3f}-{hi:.3f})")
+        unit = results.get("ci_resampled")
+        if unit:
+            lines.append(f"intervals: bootstrap over {unit['n_units']} {unit['unit']}"
+                         + (f" of {unit['n_images']} images" if unit["unit"] != "images" else "")
+                         + " (the units the folds keep whole)")
+    if results.get("positive_class"):
+        lines.append(f"sens, spec and auc are for the positive class {results['positive_class']}")
     return "\n".join(lines)

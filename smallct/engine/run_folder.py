@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import platform
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,9 @@ from torch import nn
 
 import smallct
 from smallct.config.run import CVConfig, from_dict, to_dict
-from smallct.datasets.folder import Dataset, load_data
+from smallct.data.folds import Folds
+from smallct.datasets.folder import Dataset, load_data, same_ids
+from smallct.evaluation.intervals import Units
 from smallct.io.files import atomic_csv, atomic_json
 from smallct.models.registry import builder
 from smallct.models.weights import WeightSource
@@ -44,6 +46,9 @@ from smallct.models.weights import WeightSource
 _FOLD_NAME = re.compile(r"r(\d+)_f(\d+)")
 # Settings that make two runs different runs: a folder holding one refuses to resume with the other.
 SETTINGS_THAT_CHANGE_RESULTS = ("arch", "weights", "task", "folds", "repeats", "seed", "data", "train")
+# Facts of the machine that change the figures of the same settings (run.json's "device" and "threads"): a run
+# resumes only on the same kind of device at the same torch thread count.
+MACHINE_THAT_CHANGES_RESULTS = ("device", "threads")
 
 
 def fold_name(repeat: int, fold: int) -> str:
@@ -161,9 +166,19 @@ class RunFolder:
     def recorded_folds(self, ids: list[str]) -> np.ndarray:
         """The fold assignment (repeats, N) recorded in ``run.json``, checked against the image ``ids``."""
         record = self.read_record()["folds"]
-        if [str(i) for i in record["ids"]] != [str(i) for i in ids]:
+        if not same_ids(record["ids"], [str(i) for i in ids]):
             raise ValueError(f"{self.path}: the run was made on other images than --data")
         return np.asarray(record["assignment"], dtype=np.int64)
+
+    def resampling_units(self, record: dict | None = None) -> Units:
+        """What the intervals of this run resample: the groups its folds keep whole, as ``run.json`` records
+        them (a run written before groups were recorded: its images, as it then did)."""
+        record = record if record is not None else self.read_record()
+        n = len(record["folds"]["ids"])
+        saved = record.get("resampling")
+        if not saved or saved.get("groups") is None:
+            return Units(n)
+        return Units(n, np.asarray(saved["groups"]), saved["unit"])
 
     def read_oof_matrix(self, record: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Labels (N,) and out-of-fold class probabilities (repeats, N, C) of a finished binary or multi-class
@@ -200,14 +215,24 @@ class RunFolder:
 
     # --- writing ---------------------------------------------------------------------------------------
 
+    def has_finished_folds(self) -> bool:
+        """Whether any fold has finished here, or in a nested run's inner runs: results a restart would lose."""
+        return self.count_done() > 0 or any(p for p in self.inner_dir.glob("*/*/folds/r*_f*.json")
+                                            if parse_fold_name(p.stem))
+
     def check_resume(self, record: dict) -> bool:
-        """True when the folder holds the same run (resume it); ``ValueError`` when it holds another."""
+        """True when the folder holds the same run (resume it), False for a new run; ``ValueError`` when it holds
+        another run with finished folds. A run none of whose folds finished starts again with the new settings."""
         if not self.has_record():
             return False
         old = self.read_record()
         changed = [k for k in SETTINGS_THAT_CHANGE_RESULTS if old["config"].get(k) != record["config"].get(k)]
         if old["folds"] != record["folds"]:
             changed.append("fold assignment (data)")
+        changed += [f"{k} {old[k]} there, {record.get(k)} now: resume with --{k} {old[k]}"
+                    for k in MACHINE_THAT_CHANGES_RESULTS if k in old and old[k] != record.get(k)]
+        if changed and not self.has_finished_folds():
+            return False
         if changed:
             raise ValueError(f"{self.path}: holds a run with other settings ({', '.join(changed)}); "
                              "use another --out, or delete the folder to start again")
@@ -218,6 +243,8 @@ class RunFolder:
         self.folds_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoints_dir.mkdir(exist_ok=True)
         if not resuming:  # nested.json first: a run.json without it is a plain cv run
+            for stale in self.checkpoints():  # of an earlier start whose folds never finished
+                stale.path.unlink()
             if nested is not None:
                 atomic_json(self.nested_json, nested)
             atomic_json(self.run_json, record)
@@ -243,15 +270,18 @@ def versions() -> dict:
             "python": platform.python_version(), "timm": timm.__version__}
 
 
-def run_record(cfg: CVConfig, dataset: Dataset, source: WeightSource, img_size: int, assignment: np.ndarray,
-               similar: dict) -> dict:
-    """The content of ``run.json``: enough to rebuild and apply every fold model."""
+def run_record(cfg: CVConfig, dataset: Dataset, source: WeightSource, img_size: int, folds: Folds, *,
+               device: torch.device) -> dict:
+    """The content of ``run.json``: enough to rebuild and apply every fold model, and the groups its folds
+    keep whole (``resampling``: what the intervals of its figures resample). ``device`` and ``threads`` (torch's
+    thread count now) are recorded because the same settings give other figures with others."""
     return {
         "config": to_dict(cfg),
         "arch": cfg.arch,
         "task": dataset.task,
         "num_outputs": len(dataset.class_names),
         "class_names": dataset.class_names,
+        "positive_class": dataset.positive_class,  # class_names[1] of two classes: what prob is for; else None
         "weights": source.to_dict(),
         "input": {"img_size": img_size, "resize": cfg.data.resize, "crop": cfg.data.crop,
                   "mean": list(source.mean), "std": list(source.std),
@@ -262,9 +292,12 @@ def run_record(cfg: CVConfig, dataset: Dataset, source: WeightSource, img_size: 
         "tta": cfg.train.tta,
         "seed": cfg.seed,
         "data": {"source": dataset.source, "n_images": len(dataset), "synthetic": cfg.data.data is None},
-        "folds": {"ids": dataset.ids, "assignment": assignment.tolist()},
+        "folds": {"ids": dataset.ids, "assignment": folds.assignment.tolist()},
         "versions": versions(),
-        "similar_images": similar,
+        "device": device.type,
+        "threads": torch.get_num_threads(),
+        "similar_images": folds.similar_record(dataset.ids),
+        "resampling": folds.resampling_record(),
     }
 
 
@@ -291,6 +324,11 @@ class Run:
     @property
     def class_names(self) -> list[str]:
         return list(self.record["class_names"])
+
+    @property
+    def positive_class(self) -> str | None:
+        """The class ``prob`` is for: ``class_names[1]`` of a binary run (also where run.json is older), else None."""
+        return self.record.get("positive_class", self.class_names[1] if self.task == "binary" else None)
 
     @property
     def input(self) -> dict:
@@ -324,15 +362,16 @@ class Run:
     def dataset(self, log=print) -> Dataset:
         """The run's own labelled images, read again as the run read them (regenerated for a phantom run).
 
-        ``ValueError`` when the ids differ from those recorded in ``run.json`` (the data changed).
-        """
-        cfg = self.config
-        dataset = load_data(cfg.data, cfg.seed, log=log)
-        if list(dataset.ids) != list(self.record["folds"]["ids"]):
-            raise ValueError(f"{self.path}: the images of {dataset.source} are not those of the run "
-                             f"({len(dataset)} now, {len(self.record['folds']['ids'])} in run.json); "
-                             "the data folder changed since the run")
-        return dataset
+        Classes and ids are run.json's, in its order (smallct 0.1.0 recorded ``0`` for ``000.png``). ``ValueError``
+        when the images differ from those of the run (the data changed)."""
+        cfg, recorded = self.config, [str(i) for i in self.record["folds"]["ids"]]
+        data = cfg.data if self.task == "multilabel" else replace(cfg.data, class_names=self.class_names,
+                                                                   positive_class=self.positive_class)
+        dataset = load_data(data, cfg.seed, log=log)
+        if not same_ids(recorded, dataset.ids):
+            raise ValueError(f"{self.path}: the images of {dataset.source} are not those of the run ({len(dataset)} "
+                             f"now, {len(recorded)} in run.json); the data folder changed since the run")
+        return replace(dataset, ids=recorded)
 
 
 def load_run(run_dir: str | Path) -> Run:

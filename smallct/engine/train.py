@@ -7,6 +7,8 @@ decoding in the loop.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
 from typing import Callable
@@ -29,6 +31,34 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available on this machine (use --device cpu or auto)")
     return torch.device(device)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """torch's intra-op thread count set to ``n`` inside the block (None: left as it is), restored after.
+
+    The figures of a run depend on it (the order in which torch adds up), so runs record it
+    (``run.json``) and a run resumes only at the thread count it started with.
+    """
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def with_threads(threads_of: Callable = lambda cfg: cfg.threads):
+    """Decorate a command's library function ``f(cfg, ...)``: it runs at ``threads_of(cfg)`` torch threads
+    (:func:`torch_threads`), the ``--threads`` of cv, nested, tune, fewshot and curve."""
+    def decorate(run):
+        @functools.wraps(run)
+        def run_with_threads(cfg, *args, **kwargs):
+            with torch_threads(threads_of(cfg)):
+                return run(cfg, *args, **kwargs)
+        return run_with_threads
+    return decorate
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -2,7 +2,9 @@
 
 * :func:`bootstrap_indices` draws the resamples; every bootstrap of smallct (pooled cross-validated
   figures, nested CV, the shortcut audit, the paired comparison of two runs) draws from it, so how
-  resampling is done changes here alone.
+  resampling is done changes here alone. It resamples :class:`Units`: the groups the folds keep whole
+  (near-duplicate sets, patients) when there are any, a cluster bootstrap, since images of one group
+  are not independent; images otherwise.
 * :func:`pooled_figures`: a figure of all images and its percentile bootstrap interval, for any
   ``figure(indices) -> {name: value}``; :func:`over_repeats` makes such a figure of repeated-CV
   predictions (the mean over repeats of the figure of each repeat's pooled out-of-fold predictions).
@@ -13,6 +15,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -21,18 +24,72 @@ from scipy import stats
 Figure = Callable[[np.ndarray], dict]
 
 
-def bootstrap_indices(n: int, n_boot: int, seed: int = 0) -> Iterator[np.ndarray]:
-    """``n_boot`` resamples of ``n`` units: index arrays of ``n`` draws with replacement, seeded."""
+@dataclass(frozen=True)
+class Units:
+    """What a bootstrap resamples: every image on its own (``groups`` None), or groups of images.
+
+    ``groups`` (N,) holds a group id per image: the groups the folds keep whole, so that the interval
+    resamples the same units that were split. ``name`` says what a unit is in words ("images",
+    "near-duplicate groups", "patients", "patient groups"); ``n_images`` is N.
+    """
+
+    n_images: int
+    groups: np.ndarray | None = None
+    name: str = "images"
+    members: tuple = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.groups is None:
+            members = ()
+        else:
+            groups = np.asarray(self.groups)
+            if len(groups) != self.n_images:
+                raise ValueError(f"groups: {len(groups)} ids for {self.n_images} images")
+            _, inverse = np.unique(groups.astype(str), return_inverse=True)
+            order = np.argsort(inverse, kind="stable")
+            members = tuple(np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1))
+        object.__setattr__(self, "members", members)
+
+    @property
+    def n(self) -> int:
+        """How many units there are."""
+        return len(self.members) if self.groups is not None else self.n_images
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """One resample: ``n`` units drawn with replacement, as the indices of their images."""
+        if self.groups is None:
+            return rng.integers(0, self.n_images, self.n_images)
+        return np.concatenate([self.members[u] for u in rng.integers(0, self.n, self.n)])
+
+    def describe(self, n_boot: int) -> str:
+        """``percentile bootstrap over 158 near-duplicate groups of 200 images (1000 resamples)``."""
+        of = f" of {self.n_images} images" if self.groups is not None else ""
+        return f"percentile bootstrap over {self.n} {self.name}{of} ({n_boot} resamples)"
+
+    def record(self) -> dict:
+        """What results files say about the resampling: the unit and how many there were."""
+        return {"unit": self.name, "n_units": self.n, "n_images": self.n_images}
+
+
+def as_units(units: int | Units) -> Units:
+    """``units`` as :class:`Units` (an int ``n``: ``n`` images, each on its own)."""
+    return units if isinstance(units, Units) else Units(int(units))
+
+
+def bootstrap_indices(units: int | Units, n_boot: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """``n_boot`` seeded resamples of ``units`` (an int ``n``: ``n`` images): index arrays of the images of
+    the units drawn with replacement (``n`` draws of images; with groups, as many draws as groups)."""
+    units = as_units(units)
     rng = np.random.default_rng(seed)
     for _ in range(n_boot):
-        yield rng.integers(0, n, n)
+        yield units.draw(rng)
 
 
-def bootstrap(figure: Figure, n: int, n_boot: int, seed: int = 0) -> dict[str, np.ndarray]:
+def bootstrap(figure: Figure, units: int | Units, n_boot: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Each value of ``figure(indices)`` over the resamples of :func:`bootstrap_indices`; resamples where
     a value is undefined (NaN: one class only, for AUC) are dropped for that value."""
     values: dict[str, list[float]] = {}
-    for idx in bootstrap_indices(n, n_boot, seed):
+    for idx in bootstrap_indices(units, n_boot, seed):
         for k, v in figure(idx).items():
             if np.isfinite(v):
                 values.setdefault(k, []).append(v)
@@ -46,9 +103,12 @@ def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float,
 
 
 def bootstrap_ci(y: np.ndarray, P: np.ndarray, metric: Callable[[np.ndarray, np.ndarray], dict[str, float]],
-                 n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap intervals of each value of ``metric(y, P)`` over images resampled with replacement."""
-    values = bootstrap(lambda idx: metric(y[idx], P[idx]), len(y), n_boot, seed)
+                 n_boot: int = 2000, seed: int = 0, level: float = 0.95, groups: np.ndarray | None = None,
+                 unit: str = "groups") -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of each value of ``metric(y, P)`` over images resampled with replacement,
+    or, with ``groups`` (N,), over the groups (a cluster bootstrap)."""
+    units = Units(len(y)) if groups is None else Units(len(y), np.asarray(groups), unit)
+    values = bootstrap(lambda idx: metric(y[idx], P[idx]), units, n_boot, seed)
     return {k: percentile_interval(v, level) for k, v in values.items()}
 
 
@@ -64,15 +124,17 @@ def over_repeats(metric: Callable[[np.ndarray, np.ndarray], dict], y: np.ndarray
     return figure
 
 
-def pooled_figures(figure: Figure, n: int, ci: Sequence[str], n_boot: int = 1000, seed: int = 0,
+def pooled_figures(figure: Figure, units: int | Units, ci: Sequence[str], n_boot: int = 1000, seed: int = 0,
                    level: float = 0.95) -> tuple[dict, dict[str, list[float]]]:
-    """The figures of all ``n`` images, and a percentile bootstrap interval of those named in ``ci``.
+    """The figures of all images, and a percentile bootstrap interval of those named in ``ci``.
 
-    Returns ``(point, intervals)``: ``point = figure(arange(n))``, ``intervals = {name: [low, high]}``.
+    ``units``: what is resampled (:class:`Units`; an int ``n``: ``n`` images, each on its own).
+    Returns ``(point, intervals)``: ``point = figure(arange(n_images))``, ``intervals = {name: [low, high]}``.
     """
-    point = figure(np.arange(n))
+    units = as_units(units)
+    point = figure(np.arange(units.n_images))
     wanted = set(ci)
-    values = bootstrap(lambda idx: {k: v for k, v in figure(idx).items() if k in wanted}, n, n_boot, seed)
+    values = bootstrap(lambda idx: {k: v for k, v in figure(idx).items() if k in wanted}, units, n_boot, seed)
     return point, {k: list(percentile_interval(v, level)) for k, v in values.items()}
 
 

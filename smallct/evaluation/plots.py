@@ -1,5 +1,6 @@
 """Plots of a run: ROC, confusion matrix, training curves, and figures with intervals against a size.
-Each returns the written path."""
+Each returns the written path. The ROC curve and the confusion matrix name the positive class and the
+axes' classes; their title and axis names are also kept in the PNG's text (``Title``, ``Description``)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,19 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, roc_curve
 
 
-def roc_plot(oof: pd.DataFrame, path: Path, title: str = "") -> Path:
-    """Pooled out-of-fold ROC curve (bold) over the per-fold curves (faint), binary tasks."""
+def _save(fig, ax, path: Path) -> None:
+    """Write ``fig`` with its title and axis names as the PNG's text, and close it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Title": ax.get_title(),
+                                         "Description": f"x: {ax.get_xlabel()}; y: {ax.get_ylabel()}"})
+    plt.close(fig)
+
+
+def roc_plot(oof: pd.DataFrame, path: Path, title: str = "", positive_class: str | None = None) -> Path:
+    """Pooled out-of-fold ROC curve (bold) over the per-fold curves (faint), binary tasks.
+
+    ``oof`` has ``label`` (1: the positive class) and ``prob`` (its probability); ``positive_class`` names it
+    in the title and on the axes."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     for (_, _), g in oof.groupby(["repeat", "fold"]):
         if g["label"].nunique() == 2:
@@ -21,16 +33,18 @@ def roc_plot(oof: pd.DataFrame, path: Path, title: str = "") -> Path:
     fpr, tpr, _ = roc_curve(oof["label"], oof["prob"])
     ax.plot(fpr, tpr, color="tab:blue", lw=2.5, label="pooled out-of-fold")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title or "ROC (faint: single folds)")
+    named = f", positive class: {positive_class}" if positive_class else ""
+    ax.set(xlabel="1 - specificity (false positive rate)",
+           ylabel=f"sensitivity (of {positive_class})" if positive_class else "sensitivity",
+           title=title or f"ROC{named} (faint: single folds)")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, path)
     return Path(path)
 
 
 def confusion_plot(y: np.ndarray, pred: np.ndarray, class_names: list[str], path: Path, title: str = "") -> Path:
-    """Confusion matrix of pooled out-of-fold predictions, counts in the cells."""
+    """Confusion matrix of pooled out-of-fold predictions, counts in the cells; rows the true class, columns the
+    predicted one. Of two classes, ``class_names[1]`` is the positive one (the title says so)."""
     cm = confusion_matrix(y, pred, labels=list(range(len(class_names))))
     fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(class_names), 1.4 + 1.1 * len(class_names)))
     ax.imshow(cm, cmap="Blues")
@@ -40,10 +54,10 @@ def confusion_plot(y: np.ndarray, pred: np.ndarray, class_names: list[str], path
                     color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=13)
     ax.set_xticks(range(len(class_names)), class_names)
     ax.set_yticks(range(len(class_names)), class_names)
-    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion (out-of-fold, threshold 0.5)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    named = f", positive class: {class_names[1]}" if len(class_names) == 2 else ""
+    ax.set(xlabel="predicted class", ylabel="true class",
+           title=title or f"confusion (out-of-fold, threshold 0.5{named})")
+    _save(fig, ax, path)
     return Path(path)
 
 

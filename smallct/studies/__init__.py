@@ -9,9 +9,10 @@ from smallct._lazy import exports
 
 __all__, __getattr__, __dir__ = exports(__name__, {
     "smallct.studies.curve": ["CurveResult", "check_sizes", "draw_training_subset", "run_curve"],
-    "smallct.studies.fewshot": ["FewShotResult", "check_shots", "episode_rng", "run_fewshot", "sample_episode"],
+    "smallct.studies.fewshot": ["FewShotResult", "check_shots", "episode_draws", "episode_rng", "episode_table",
+        "run_fewshot", "sample_episode"],
     "smallct.studies.finetune": ["finetune_predict"],
-    "smallct.studies.methods": ["EMBEDDING_METHODS", "NORMALIZATIONS", "TRANSDUCTIVE", "label_propagation",
-        "linear_probe", "nearest_neighbours", "nearest_prototype", "normalize_embeddings"],
+    "smallct.studies.methods": ["EMBEDDING_METHODS", "NORMALIZATIONS", "TRANSDUCTIVE", "episode_embeddings",
+        "label_propagation", "linear_probe", "nearest_neighbours", "nearest_prototype", "normalize_embeddings"],
     "smallct.studies.summary": ["SUMMARY_METRICS", "format_summary", "summarize_episodes"],
 })

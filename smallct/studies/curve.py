@@ -35,10 +35,10 @@ from tqdm.auto import tqdm
 from smallct.config.run import to_dict
 from smallct.config.studies import CurveConfig
 from smallct.data.cache import load_images
-from smallct.data.folds import make_folds
+from smallct.data.folds import Folds, make_folds
 from smallct.datasets.folder import Dataset, load_data
 from smallct.engine.estimate import fmt_duration
-from smallct.engine.train import resolve_device
+from smallct.engine.train import resolve_device, with_threads
 from smallct.evaluation.plots import interval_plot
 from smallct.io.files import atomic_csv, atomic_json
 from smallct.models.embeddings import POOLINGS, load_embeddings
@@ -148,11 +148,13 @@ def finetune_fits(cfg: CurveConfig, dataset: Dataset, weights: str, source: Weig
     return rows
 
 
+@with_threads()
 def run_curve(cfg: CurveConfig, dataset: Dataset | None = None, progress: bool = True, log=print) -> CurveResult:
-    """Train and evaluate every (weights, method, n, repeat, fold) of ``cfg``; write the outputs to ``cfg.out``."""
+    """Train and evaluate every (weights, method, n, repeat, fold) of ``cfg`` (at ``cfg.threads`` torch threads);
+    write the outputs to ``cfg.out``."""
     check_config(cfg)
-    sources = {w: resolve_weights(cfg.arch, w) for w in cfg.weights}  # before any work: no weights, no run
-    dataset = dataset if dataset is not None else load_data(cfg.data, cfg.seed, log)
+    dataset = dataset if dataset is not None else load_data(cfg.data, cfg.seed, log)  # first: no data, no run
+    sources = {w: resolve_weights(cfg.arch, w) for w in cfg.weights}  # then: no weights, no run
     labels = np.asarray(dataset.labels)
     if labels.ndim != 1:
         raise ValueError("learning curves need one class per image (binary or multi-class), not multi-label")
@@ -179,7 +181,7 @@ def run_curve(cfg: CurveConfig, dataset: Dataset | None = None, progress: bool =
     summary.insert(2, "series", summary["method"] + " / " + summary["weights"].map(short))
     atomic_csv(out / "curve_folds.csv", per_fit)
     atomic_csv(out / "curve.csv", summary)
-    atomic_json(out / "curve.json", curve_record(cfg, dataset, sources, summary))
+    atomic_json(out / "curve.json", curve_record(cfg, dataset, sources, summary, folds))
     interval_plot(summary, "n", "series", out / "curve.png", "training images per fold (n, log scale)",
                   f"learning curve: {cfg.arch}, {cfg.folds}-fold CV x {cfg.repeats}", logx=True)
     log(format_summary(summary, ("series", "n")))
@@ -187,19 +189,25 @@ def run_curve(cfg: CurveConfig, dataset: Dataset | None = None, progress: bool =
     return CurveResult(out, summary, per_fit)
 
 
-def curve_record(cfg: CurveConfig, dataset: Dataset, sources: dict, summary: pd.DataFrame) -> dict:
-    """``curve.json``: the settings, the weight sources, the data, the summary, and notes on the figures."""
+def curve_record(cfg: CurveConfig, dataset: Dataset, sources: dict, summary: pd.DataFrame, folds: Folds) -> dict:
+    """``curve.json``: the settings, the weight sources, the data, the folds (the test fold of every image and
+    the near-duplicates kept together), the summary, and notes on the figures."""
     return {
         "config": to_dict(cfg),
         "weights": {w: s.to_dict() for w, s in sources.items()},
         "data": {"source": dataset.source, "n_images": len(dataset), "class_names": dataset.class_names,
                  "synthetic": cfg.data.data is None},
+        "folds": {"ids": dataset.ids, "assignment": folds.assignment.tolist()},
+        "similar_images": folds.similar_record(dataset.ids),
+        # the same settings give the same figures on the same kind of device at the same torch thread count
+        "device": resolve_device(cfg.device).type,
+        "threads": torch.get_num_threads(),
         "summary": summary.to_dict(orient="records"),
         "notes": {
             "n": "training images drawn (stratified) from each fold's training part; all of it when n covers it",
             "std": "standard deviation over folds x repeats (ddof=1)",
-            "ci95": "95% confidence interval of the mean over folds x repeats (Student t); approximate, since "
-                    "training parts overlap",
+            "ci95": "95% confidence interval of the mean over folds x repeats (Student t; the unit is the fold); "
+                    "approximate, since training parts overlap",
             "selection": "nothing is chosen on a test fold: C, pooling, epochs and learning rate are fixed (the "
                          "pooling and normalisation defaults come from smallct.fewshot, chosen on Head CT episodes "
                          "of seed 1)",

@@ -1,7 +1,8 @@
 """Few-shot methods on frozen embeddings: a registry of ``method(zs, ys, zq, n_classes) -> P``.
 
 Each method takes support embeddings ``zs`` (Ns, D) with labels ``ys`` and query embeddings ``zq`` (Nq, D)
-and returns class probabilities (Nq, C). :func:`normalize_embeddings` transforms the embeddings first.
+and returns class probabilities (Nq, C). :func:`episode_embeddings` transforms the embeddings first, with
+statistics of the images the method may see: the support alone, or (:data:`TRANSDUCTIVE`) support and query.
 
 ``proto``     nearest prototype: cosine similarity to the mean embedding of each class.
 ``linear``    a linear probe: logistic regression (fixed ``C``, standardised by the support set).
@@ -40,22 +41,33 @@ def _l2(z: np.ndarray) -> np.ndarray:
     return z / np.linalg.norm(z, axis=1, keepdims=True).clip(1e-12)
 
 
-def normalize_embeddings(z: np.ndarray, how: str) -> np.ndarray:
+def normalize_embeddings(z: np.ndarray, how: str, reference: np.ndarray | None = None) -> np.ndarray:
     """Embeddings (N, D) transformed for the embedding methods.
 
-    ``none``; ``l2``: each row to unit length; ``center-l2``: subtract the mean of all rows (every image of
-    the set, no label used), then unit length; ``standardize``: each feature to mean 0 and standard deviation
-    1 over all rows (no label used).
+    ``none``; ``l2``: each row to unit length; ``center-l2``: subtract the mean of the ``reference`` rows
+    (default: the rows of ``z``; no label used), then unit length; ``standardize``: each feature to mean 0 and
+    standard deviation 1 over the ``reference`` rows.
     """
+    ref = z if reference is None else reference
     if how == "none":
         return z
     if how == "standardize":
-        return (z - z.mean(0)) / (z.std(0) + 1e-6)
+        return (z - ref.mean(0)) / (ref.std(0) + 1e-6)
     if how == "l2":
         return _l2(z)
     if how == "center-l2":
-        return _l2(z - z.mean(0))
+        return _l2(z - ref.mean(0))
     raise ValueError(f"normalize {how!r}: expected one of {', '.join(NORMALIZATIONS)}")
+
+
+def episode_embeddings(z: np.ndarray, support: np.ndarray, query: np.ndarray, how: str,
+                       transductive: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Support (Ns, D) and query (Nq, D) embeddings of one episode, normalised (:func:`normalize_embeddings`)
+    with the mean and spread of the images the method may see: the support images for an inductive method,
+    so that a query image's prediction depends on no other query image; support and query images (no
+    labels) for a transductive one."""
+    seen = z[np.r_[support, query]] if transductive else z[support]
+    return normalize_embeddings(z[support], how, seen), normalize_embeddings(z[query], how, seen)
 
 
 @register("proto")

@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from optuna.trial import TrialState
 from PIL import Image
 
-from smallct.datasets.folder import load_dataset, phantom_dataset
+from smallct.datasets.folder import phantom_dataset, read_labelled_folder
 from smallct.datasets.synthetic_dicom import write_synthetic_rsna
 from smallct.engine.run_folder import load_run
 from smallct.evaluation.multilabel import weighted_log_loss
@@ -255,7 +255,7 @@ def check(name: str, answer: Any, **given) -> Verdict:
 @exercise("rgba_count", "count the rows of the describe() table whose mode is 'RGBA' (an int)")
 def _rgba_count(folder):
     count = 0
-    for f in load_dataset(folder).files:
+    for f in read_labelled_folder(folder).files:
         with Image.open(f) as im:
             count += im.mode == "RGBA"
     return count
@@ -264,7 +264,7 @@ def _rgba_count(folder):
 @exercise("median_width_by_class", "group the describe() table by 'label' and take the median of 'width' "
                                    "(a pandas Series or a dict {class: median})")
 def _median_width(folder):
-    dataset = load_dataset(folder)
+    dataset = read_labelled_folder(folder)  # labels as describe() shows them
     widths: dict[str, list[int]] = {}
     for f, name in zip(dataset.files, dataset.label_names()):
         with Image.open(f) as im:

@@ -15,7 +15,7 @@ import optuna
 import yaml
 
 from smallct.config.run import CV_GROUPS, CVConfig
-from smallct.config.schema import Setting, coerce, flat, settings, value_of
+from smallct.config.schema import Setting, check_value, coerce, flat, settings, value_of
 
 # A setting searched only when another one has one of these values.
 CONDITIONS = {
@@ -26,8 +26,8 @@ CONDITIONS = {
 }
 
 # cv settings that describe the data, the machine or the run folder: never searched, never in best_params.json.
-NOT_SETTINGS = ("data", "labels", "id_col", "label_col", "phantom_n", "out", "device", "workers", "test_curves",
-                "params_source")
+NOT_SETTINGS = ("data", "labels", "id_col", "label_col", "class_names", "positive_class", "phantom_n", "out",
+                "device", "threads", "workers", "test_curves", "params_source")
 # settings that define the objective itself: fixed for a whole study.
 NOT_SEARCHABLE = NOT_SETTINGS + ("folds", "repeats", "seed", "task")
 
@@ -65,12 +65,21 @@ def _range(key: str, setting: Setting, spec: dict, where: str) -> dict:
     if low > high or (log and low <= 0):
         raise ValueError(f"{where}: {key}: expected 0 < low <= high for a log range, low <= high otherwise; "
                          f"got low {low}, high {high}")
+    for bound in (low, high):  # inside what the field allows: every draw must be a valid config
+        check_value(setting, bound, f"{where}: {key}")
     entry = {"low": low, "high": high, "log": log}
     if spec.get("step") is not None:
         if log:
             raise ValueError(f"{where}: {key}: a range cannot have both log and step")
         entry["step"] = coerce(setting, spec["step"], f"{where}: {key}")
     return entry
+
+
+def _typed(setting: Setting, value, where: str):
+    """``value`` typed as the setting's field, and inside what the field allows (a trial must be a valid config)."""
+    value = coerce(setting, value, where)
+    check_value(setting, value, where)
+    return value
 
 
 def parse_space(raw: dict, where: str = "search space") -> dict:
@@ -88,11 +97,11 @@ def parse_space(raw: dict, where: str = "search space") -> dict:
         elif isinstance(spec, (list, tuple)):
             if not spec:
                 raise ValueError(f"{where}: {key}: an empty list of choices")
-            space[key] = [coerce(setting, v, f"{where}: {key}") for v in spec]
+            space[key] = [_typed(setting, v, f"{where}: {key}") for v in spec]
         elif isinstance(spec, dict):
             space[key] = _range(key, setting, spec, where)
         else:
-            space[key] = coerce(setting, spec, f"{where}: {key}")
+            space[key] = _typed(setting, spec, f"{where}: {key}")
     return space
 
 

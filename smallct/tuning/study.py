@@ -48,10 +48,13 @@ from tqdm.auto import tqdm
 from smallct.config.run import CVConfig
 from smallct.config.schema import build
 from smallct.config.studies import TuneConfig
+from smallct.data.cache import load_images
 from smallct.datasets.folder import Dataset, load_data
-from smallct.engine.cv import check_task, run_cv
+from smallct.engine.cv import check_task, folds_of, run_cv
 from smallct.engine.run_folder import RunFolder, fold_name
+from smallct.engine.train import resolve_device, with_threads
 from smallct.io.files import atomic_json
+from smallct.models.weights import resolve_weights
 from smallct.tuning.report import write_report
 from smallct.tuning.space import cv_settings, default_space, describe_space, parse_space, suggest
 from smallct.tuning.storage import default_storage, make_storage, masked
@@ -102,6 +105,19 @@ def _pruner(cfg: TuneConfig, steps: int):
     raise ValueError(f"--pruner {cfg.pruner}: expected median, hyperband or none")
 
 
+def check_inputs(cfg: TuneConfig, dataset: Dataset, progress: bool = True, log=print) -> None:
+    """What a trial would find wrong, found before the study writes anything under ``--out``: the task, the
+    weights, the device, the folds (smallct.cv's, as every trial makes them) and the images (decoded at the
+    fixed size into the cache, which the trials then read)."""
+    base = cfg.base
+    check_task(base, dataset)
+    source = resolve_weights(base.arch, base.weights)
+    resolve_device(base.device)
+    folds_of(base, dataset, progress, log)
+    load_images(dataset.files, base.data.img_size or source.input_size, base.data.resize, base.data.crop,
+                workers=base.workers, progress=progress)
+
+
 def _check_marker(out: Path, here: dict) -> Path:
     """``OUT/study.json`` names the study and storage of a study folder; another study's folder is refused."""
     marker = out / "study.json"
@@ -120,7 +136,7 @@ def _check_setup(study: optuna.Study, cfg: TuneConfig, dataset: Dataset, metric:
     setup.update(metric=metric, data=data_fingerprint(dataset), n_images=len(dataset),
                  folds=base.folds, repeats=base.repeats, seed=base.seed)
     old = study.user_attrs.get("setup")
-    if old is None:
+    if old is None or _finished(study) == 0:  # new, or no trial finished yet: (re)start with these settings
         study.set_user_attr("setup", setup)
         study.set_user_attr("space", space)
         study.set_user_attr("data_source", dataset.source)
@@ -221,6 +237,9 @@ def make_objective(cfg: TuneConfig, dataset: Dataset, space: dict, metric: str):
                                       out=run.path, test_curves=True)
         trial.set_user_attr("settings", cv_settings(run_cfg))
         trial.set_user_attr("worker", f"{socket.gethostname()}/{os.getpid()} (worker {cfg.worker})")
+        # figures depend on them (run.json of the trial records them too)
+        trial.set_user_attr("threads", torch.get_num_threads())
+        trial.set_user_attr("device", resolve_device(run_cfg.device).type)
         reporter = EpochReporter(trial, OBJECTIVES[metric][1], run_cfg.folds, run_cfg.train.epochs)
         start = time.perf_counter()
         try:
@@ -271,6 +290,7 @@ def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, metric: str
             f"{trial.user_attrs.get('seconds', 0) / 60:.1f} min] {params}")
 
 
+@with_threads(lambda cfg: cfg.base.threads)
 def run_study(cfg: TuneConfig, dataset: Dataset | None = None, progress: bool = True, log=print) -> optuna.Study:
     """Run (or continue) the study until it holds ``cfg.trials`` finished trials or ``cfg.timeout`` passes.
 
@@ -280,7 +300,7 @@ def run_study(cfg: TuneConfig, dataset: Dataset | None = None, progress: bool = 
     """
     base = cfg.base
     dataset = dataset if dataset is not None else load_data(base.data, base.seed, log)
-    check_task(base, dataset)
+    check_inputs(cfg, dataset, progress, log)
     raw = cfg.space if cfg.space is not None else default_space(base.train.epochs)
     space = {k: v for k, v in parse_space(raw).items() if v is not None}  # typed like the cv settings
     metric = choose_metric(cfg.metric, dataset.task)

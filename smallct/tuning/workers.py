@@ -19,7 +19,7 @@ from smallct.datasets.folder import load_data
 from smallct.parallel import available_cores
 from smallct.tuning.report import write_report
 from smallct.tuning.storage import default_storage, make_storage
-from smallct.tuning.study import choose_metric, open_study
+from smallct.tuning.study import check_inputs, choose_metric, open_study
 
 
 def run_workers(cfg: TuneConfig, argv: list[str], jobs: int, log=print) -> int:
@@ -28,6 +28,8 @@ def run_workers(cfg: TuneConfig, argv: list[str], jobs: int, log=print) -> int:
     if url.startswith("sqlite"):
         log("note: several workers on SQLite may meet 'database is locked'; journal:PATH or PostgreSQL is safer")
     dataset = load_data(cfg.base.data, cfg.base.seed, log)
+    check_inputs(cfg, dataset, log=log)  # before the study is created under --out
+    choose_metric(cfg.metric, dataset.task)
     open_study(cfg, dataset, log)  # create it once, before the workers race to
     gpus = torch.cuda.device_count() if cfg.base.device in ("auto", "cuda") else 0
     procs = []

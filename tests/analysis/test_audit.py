@@ -75,7 +75,7 @@ def test_folds_of_a_run_are_used(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "run.json").write_text(json.dumps({"folds": {"ids": dataset.ids,
                                                                      "assignment": assignment.tolist()}}))
-    assert np.array_equal(run_folds(tmp_path / "run", dataset), assignment)
+    assert np.array_equal(run_folds(tmp_path / "run", dataset).assignment, assignment)
     result = audit(dataset, n_boot=100, progress=False, assignment=run_folds(tmp_path / "run", dataset))
     assert result["folds"] == 4 and result["folds_from"] == "the given fold assignment"
     other = load_dataset(data).subset(np.arange(10))

@@ -14,13 +14,17 @@ from smallct.evaluation.intervals import nadeau_bengio
 from smallct.data.folds import fold_assignment
 
 
-def write_run(folder, labels, probs, assignment, arch="resnet18", seed=0):
-    """A minimal smallct.cv run folder: probs (repeats, N) of class 1, assignment (repeats, N)."""
+def write_run(folder, labels, probs, assignment, arch="resnet18", seed=0, groups=None):
+    """A minimal smallct.cv run folder: probs (repeats, N) of class 1, assignment (repeats, N), and the groups
+    its folds kept whole (None: images on their own)."""
     folder.mkdir(parents=True)
     ids = [f"{i:03d}" for i in range(len(labels))]
     record = {"arch": arch, "task": "binary", "class_names": ["0", "1"], "weights": {"kind": "package"},
               "config": {"folds": int(assignment.max()) + 1, "repeats": len(assignment), "seed": seed},
               "folds": {"ids": ids, "assignment": assignment.tolist()}}
+    if groups is not None:
+        record["resampling"] = {"unit": "near-duplicate groups", "n_units": len(set(groups)),
+                                "n_images": len(labels), "groups": [int(g) for g in groups]}
     (folder / "run.json").write_text(json.dumps(record))
     rows = [{"id": ids[i], "label": int(labels[i]), "prob": float(probs[r, i]), "pred": int(probs[r, i] >= 0.5),
              "fold": int(assignment[r, i]), "repeat": r}
@@ -54,8 +58,41 @@ def test_clear_difference_is_detected(tmp_path, labels):
     assert 0.15 < lo < 0.28 < hi < 0.40
     assert res["roc_auc"]["ci95"][0] > 0
     assert res["nadeau_bengio"] is None
-    assert res["sentence"].startswith("b (resnet152, imagenet) is better than a (resnet18, imagenet) in accuracy")
+    # one fold draw: even a 28-point difference is weak evidence, and the sentence says how to get more
+    assert res["sentence"].startswith("Weak evidence that b (resnet152, imagenet) is better than a (resnet18, "
+                                      "imagenet) in accuracy") and "--repeats 5" in res["sentence"]
     assert len(res["per_fold"]) == 5
+    assert res["ci_resampled"] == {"unit": "images", "n_units": 200, "n_images": 200}
+
+
+def test_a_difference_is_clear_only_when_repeated_cv_agrees(tmp_path, labels):
+    rng = np.random.default_rng(0)
+    folds = fold_assignment(labels, 5, 3, 0)
+    a = write_run(tmp_path / "a", labels, _probs(labels, 60, rng, 3), folds)
+    b = write_run(tmp_path / "b", labels, _probs(labels, 4, rng, 3), folds, arch="resnet152")
+    res = compare_runs(a, b, n_boot=300)
+    assert res["nadeau_bengio"]["accuracy"]["ci95"][0] > 0
+    assert res["sentence"].startswith("b (resnet152, imagenet) is better than a (resnet18, imagenet) in accuracy")
+
+
+def test_the_paired_bootstrap_resamples_the_groups_the_folds_kept_whole(tmp_path):
+    # 40 slices, each saved 5 times (200 images); A is right on 24 of them, B on 30: with images as units the
+    # interval pretends to 200 independent images, with the groups it counts 40
+    groups = np.repeat(np.arange(40), 5)
+    labels = np.repeat(np.tile([0, 1], 20), 5)
+    folds = fold_assignment(labels, 5, 1, 0, groups)
+    wrong_a, wrong_b = np.isin(groups, np.arange(16)), np.isin(groups, np.arange(10))
+    pa = np.where(wrong_a, 1 - labels, labels)[None] * 0.6 + 0.2
+    pb = np.where(wrong_b, 1 - labels, labels)[None] * 0.6 + 0.2
+    flat = compare_runs(write_run(tmp_path / "a", labels, pa, folds), write_run(tmp_path / "b", labels, pb, folds),
+                        n_boot=400)
+    grouped = compare_runs(write_run(tmp_path / "ga", labels, pa, folds, groups=groups),
+                           write_run(tmp_path / "gb", labels, pb, folds, groups=groups), n_boot=400)
+    assert flat["accuracy"]["difference"] == grouped["accuracy"]["difference"] == pytest.approx(0.15)
+    width = {k: np.diff(r["accuracy"]["ci95"])[0] for k, r in (("flat", flat), ("grouped", grouped))}
+    assert width["grouped"] > 1.8 * width["flat"]  # about sqrt(5) wider: 5 copies per unit
+    assert grouped["ci_resampled"] == {"unit": "near-duplicate groups", "n_units": 40, "n_images": 200}
+    assert "over 40 near-duplicate groups of 200 images" in grouped["method"]
 
 
 def test_same_predictions_cannot_be_told_apart(tmp_path, labels):
@@ -89,10 +126,15 @@ def test_repeated_cv_adds_nadeau_bengio(tmp_path, labels):
 def test_nadeau_bengio_matches_hand_computation():
     d = np.array([0.02, 0.05, -0.01, 0.04, 0.03, 0.00, 0.06, 0.01, 0.02, 0.03])
     res = nadeau_bengio(d, n_train=180, n_test=20)
-    se = np.sqrt((1 / 10 + 20 / 180) * d.var(ddof=1))
-    assert res["t"] == pytest.approx(d.mean() / se)
-    naive_t = d.mean() / np.sqrt(d.var(ddof=1) / 10)
-    assert res["t"] < naive_t  # the correction widens the interval
+    # by hand: mean 0.025; squared deviations sum to 0.00425, s^2 = 0.00425 / 9 = 4.7222e-4;
+    # corrected variance of the mean (1/10 + 20/180) s^2 = 0.21111 x 4.7222e-4 = 9.9691e-5, se = 0.0099846;
+    # t = 0.025 / 0.0099846 = 2.5039 on 9 df: two-sided p = 0.0337; t(0.975, 9) = 2.2622, half-width 0.022587
+    assert res["mean_difference"] == pytest.approx(0.025)
+    assert res["t"] == pytest.approx(2.5039, abs=1e-4) and res["df"] == 9
+    assert res["p_value"] == pytest.approx(0.0337, abs=2e-4)
+    assert res["ci95"] == pytest.approx([0.025 - 0.022587, 0.025 + 0.022587], abs=2e-5)
+    assert res["correction"] == pytest.approx(1 / 9)
+    # the uncorrected t-test would say t = 0.025 / sqrt(4.7222e-4 / 10) = 3.638, p = 0.0054
 
 
 def test_different_folds_are_refused(tmp_path, labels, capsys):

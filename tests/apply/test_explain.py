@@ -42,8 +42,11 @@ def _phantoms(n: int, seed: int, size: int = 64):
 
 
 def test_grad_cam_highlights_the_lesion_of_a_phantom_model():
-    x, y, _ = _phantoms(64, seed=0)
-    x_test, y_test, masks = _phantoms(16, seed=100)
+    # 128 training slices: the phantom varies by level and outline, and 64 left a random-init resnet18's
+    # accuracy at 0.69-0.75 depending on its seed; with 128 (and 32 to test), seeds 0-3 measured accuracy
+    # 0.84-0.94, map inside/outside the lesion 2.2-2.5x, the lesion hotter than the rest in 94-100% of slices
+    x, y, _ = _phantoms(128, seed=0)
+    x_test, y_test, masks = _phantoms(32, seed=100)
     source = resolve_weights("resnet18", "none")
     torch.manual_seed(0)
     model = create_model("resnet18", 2, source)
@@ -58,8 +61,8 @@ def test_grad_cam_highlights_the_lesion_of_a_phantom_model():
     assert maps.shape == (len(positive), 64, 64) and maps.min() >= 0 and maps.max() <= 1
     inside = np.array([m[k].mean() for m, k in zip(maps, masks[positive])])
     outside = np.array([m[~k].mean() for m, k in zip(maps, masks[positive])])
-    assert inside.mean() > 1.5 * outside.mean()
-    assert (inside > outside).mean() >= 0.75
+    assert inside.mean() > 1.8 * outside.mean()
+    assert (inside > outside).mean() >= 0.8
 
 
 def test_cli_explains_the_misclassified_out_of_fold_images(small_run, tmp_path, capsys):

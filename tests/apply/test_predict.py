@@ -59,16 +59,41 @@ def test_cli_averages_the_fold_models(small_run, phantom_dir, tmp_path, capsys):
     assert main(["--run", str(small_run), "--data", str(phantom_dir), "--out", str(out), "--no-progress"]) == 0
     table = pd.read_csv(out, dtype={"id": str})
     assert len(table) == 40 and list(table.columns) == ["id", "file", "prob", "pred", "pred_class"]
-    assert table["id"].iloc[0] == "000" and table["file"].iloc[0].endswith("000.png")
+    files = sorted(phantom_dir.glob("*.png"))
+    assert table["id"].iloc[0] == "000" and table["file"].tolist() == [f.name for f in files]  # the file's name
     run = load_run(small_run)
-    x = P.model_inputs([Path(f) for f in table["file"]], run.input, progress=False)
+    x = P.model_inputs(files, run.input, progress=False)
     per_fold = P.fold_probabilities(run, x, progress=False)
     assert per_fold.shape == (2, 40, 2)
     assert np.abs(per_fold[0] - per_fold[1]).max() > 1e-3  # two different models ...
     np.testing.assert_allclose(table["prob"], per_fold.mean(0)[:, 1], atol=1e-6)  # ... averaged
     assert (table["pred"] == (table["prob"] > 0.5).astype(int)).all()
-    chunked = P.predict([run], table["file"].tolist(), chunk=7, progress=False, log=quiet)  # 6 chunks
+    chunked = P.predict([run], files, chunk=7, progress=False, log=quiet)  # 6 chunks
     np.testing.assert_allclose(chunked["prob"], table["prob"], atol=1e-6)
+
+
+def test_oof_and_predictions_join_on_id_and_on_file(small_run, phantom_dir, tmp_path, capsys):
+    # the phantom's labels.csv writes ids 0..39 for 000.png..039.png, as the Head CT set does: both tables must
+    # carry the file's own stem, as text, and its name
+    assert (phantom_dir / "labels.csv").read_text().splitlines()[1:3] == ["0,1", "1,1"]
+    out = tmp_path / "preds.csv"
+    assert main(["--run", str(small_run), "--data", str(phantom_dir), "--out", str(out), "--no-progress"]) == 0
+    assert "prob, sensitivity and the ROC curve are for the positive class 1" in capsys.readouterr().out
+    oof = pd.read_csv(small_run / "oof.csv", dtype=str)
+    preds = pd.read_csv(out, dtype=str)
+    stems = [f"{i:03d}" for i in range(40)]
+    assert sorted(oof["id"]) == sorted(preds["id"]) == stems  # zero padding kept, never "0", "1", ...
+    assert sorted(oof["file"]) == sorted(preds["file"]) == [f"{s}.png" for s in stems]
+    assert "\n000,000.png," in (small_run / "oof.csv").read_text() and "\n000,000.png," in out.read_text()
+    on_id = oof.merge(preds, on="id", suffixes=("_oof", "_pred"), validate="one_to_one")
+    on_file = oof.merge(preds, on="file", suffixes=("_oof", "_pred"), validate="one_to_one")
+    assert len(on_id) == len(on_file) == 40
+    assert (on_id["file_oof"] == on_id["file_pred"]).all() and (on_file["id_oof"] == on_file["id_pred"]).all()
+    # the join pairs each file with its own label: labels.csv's row of id int(stem)
+    labels = pd.read_csv(phantom_dir / "labels.csv", skipinitialspace=True, dtype=str)
+    truth = {f"{int(i):03d}": lab for i, lab in zip(labels["id"], labels["hemorrhage"])}
+    assert on_file.set_index("id_oof")["label"].to_dict() == truth
+    assert set(preds["pred_class"]) <= {"0", "1"}  # the class names of run.json
 
 
 def test_runs_are_averaged_with_equal_weight(small_run, phantom_dir, tmp_path):

@@ -49,5 +49,10 @@ def test_make_folds_returns_the_groups_it_respects(head_ct_dir):
     splits = list(folds.split(1))
     assert [k for k, _, _ in splits] == [0, 1, 2, 3, 4]
     assert all(set(train).isdisjoint(test) and len(train) + len(test) == 200 for _, train, test in splits)
+    units = folds.units  # what its intervals resample: the same groups
+    assert (units.name, units.n, units.n_images) == ("near-duplicate groups", len(np.unique(folds.groups)), 200)
+    assert units.n < 200 - 40  # 49 pairs join at least 40 images to others
+    assert folds.resampling_record()["groups"] == [int(g) for g in folds.groups]
     off = make_folds(dataset, folds=5, group_similar=None, log=lambda *_: None)
     assert off.groups is None and off.similar == [] and off.threshold is None
+    assert (off.units.name, off.units.n) == ("images", 200) and off.resampling_record()["groups"] is None

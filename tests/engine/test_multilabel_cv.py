@@ -94,7 +94,8 @@ def test_end_to_end_files_and_metric(run):
     assert checkpoint["task"] == "multilabel" and checkpoint["model"]["fc.weight"].shape[0] == 6
 
     oof = pd.read_csv(out / "oof.csv")
-    assert oof.columns.tolist() == ["id", *LABELS, *(f"prob_{n}" for n in LABELS), "fold", "repeat"]
+    assert oof.columns.tolist() == ["id", "file", *LABELS, *(f"prob_{n}" for n in LABELS), "fold", "repeat"]
+    assert (oof["file"] == oof["id"] + ".png").all()  # the slice's file name, beside its id
     assert len(oof) == 29 and run["synthetic"]["corrupt"] not in set(oof["id"])  # the truncated slice is skipped
     probs = oof[[f"prob_{n}" for n in LABELS]].to_numpy()
     assert ((probs > 0) & (probs < 1)).all()
@@ -103,7 +104,11 @@ def test_end_to_end_files_and_metric(run):
     pooled = results["pooled_oof"]
     assert pooled["weighted_log_loss"] == pytest.approx(weighted_log_loss(oof[list(LABELS)], probs), rel=1e-9)
     lo, hi = results["pooled_oof_ci95"]["weighted_log_loss"]
-    assert lo <= pooled["weighted_log_loss"] <= hi
+    assert hi - lo > 0.02  # 6 patients: no narrow interval
+    # the interval resamples patients (6, the units the folds keep whole), not the 29 slices
+    assert results["ci_resampled"]["unit"] in ("patients", "patient groups")
+    assert results["ci_resampled"]["n_units"] <= 6 and results["ci_resampled"]["n_images"] == 29
+    assert results["ci_method"].startswith(f"percentile bootstrap over {results['ci_resampled']['n_units']} patient")
     assert {"mean_auc", "accuracy", "auc_any", "f1_subdural"} <= set(pooled)
     assert len(results["per_fold"]) == 3 and all("weighted_log_loss" in f for f in results["per_fold"])
     assert 0.3 < pooled["weighted_log_loss"] < 1.5  # an untrained-ish net near log 2, not a broken one

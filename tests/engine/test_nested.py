@@ -160,7 +160,10 @@ def test_cli_flags_apply_to_every_candidate_and_bad_input_is_one_line(phantom_di
 
 
 def test_the_threshold_setting_is_checked(phantom_dir, tmp_path):
-    cfg = NestedConfig(candidates={"a": candidate(phantom_dir, 3e-3)}, threshold=True, out=tmp_path / "n")
+    with pytest.raises(ValueError, match="--threshold True: expected one of inner, fixed"):  # when it is built
+        NestedConfig(candidates={"a": candidate(phantom_dir, 3e-3)}, threshold=True, out=tmp_path / "n")
+    cfg = NestedConfig(candidates={"a": candidate(phantom_dir, 3e-3)}, out=tmp_path / "n")
+    cfg.threshold = True  # changed after it was built: run_nested checks again, before any work
     with pytest.raises(ValueError, match="--threshold True: choose inner"):
         run_nested(cfg, progress=False, log=lambda *_: None)
     assert not (tmp_path / "n").exists()

@@ -132,3 +132,76 @@ def test_the_run_folder_names_every_file(tmp_path):
         folder.recorded_folds(["x"])
     with pytest.raises(ValueError, match=r"holds a run with other settings \(arch\)"):
         folder.check_resume({**record, "config": {"arch": "b"}})
+
+
+def test_run_json_records_the_device_and_thread_count(small_run):
+    record = load_run(small_run).record
+    assert record["device"] == "cpu" and record["threads"] == 1  # the test session runs at one torch thread
+    assert record["config"]["threads"] is None  # not asked for: torch's own count, recorded above
+
+
+def _resumed_with(run: Path, **changes) -> None:
+    from dataclasses import replace
+
+    from smallct.engine.cv import run_cv
+
+    cfg = load_run(run).config
+    run_cv(replace(cfg, out=run, **changes), progress=False, log=lambda *a: None)
+
+
+def test_resume_refuses_another_thread_count_or_device(small_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    before = (run / "run.json").read_text()
+    with pytest.raises(ValueError, match=r"other settings \(threads 1 there, 2 now: resume with --threads 1\)"):
+        _resumed_with(run, threads=2)
+    assert torch.get_num_threads() == 1  # --threads holds for the run only
+    record = json.loads(before)
+    record["device"] = "cuda"
+    (run / "run.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"device cuda there, cpu now: resume with --device cuda"):
+        _resumed_with(run, threads=1)
+    (run / "run.json").write_text(before)
+    _resumed_with(run, threads=1)  # the same thread count and device: resumed (every fold done, nothing trained)
+    assert (run / "run.json").read_text() == before
+
+
+def test_a_run_none_of_whose_folds_finished_starts_again_with_new_settings(tmp_path):
+    from smallct.engine.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    old = {"config": {"arch": "a"}, "folds": {"ids": ["x", "y"], "assignment": [[0, 1]]}, "threads": 2}
+    folder.start(old, resuming=False)
+    (folder.checkpoints_dir / "r0_f0.pt").write_bytes(b"left by a fold that never finished")
+    new = {**old, "config": {"arch": "b"}, "threads": 1}
+    assert folder.check_resume(new) is False  # nothing finished: a new run, not an error
+    folder.start(new, resuming=False)
+    assert folder.read_record() == new and folder.checkpoints() == []  # the stale checkpoint is gone
+    folder.write_fold(0, 0, {"repeat": 0, "fold": 0})
+    with pytest.raises(ValueError, match=r"other settings \(arch, threads 1 there, 2 now"):
+        folder.check_resume({**old, "config": {"arch": "a"}})
+    inner = folder.inner_run(0, 1, "c")
+    assert folder.has_finished_folds() and not inner.has_finished_folds()
+    inner.folds_dir.mkdir(parents=True)
+    inner.write_fold(0, 0, {"repeat": 0, "fold": 0})
+    folder.fold_file(0, 0).unlink()
+    assert folder.has_finished_folds()  # an inner run's finished fold counts too (a nested run)
+
+
+def test_a_run_json_from_before_class_names_and_padded_ids_still_loads(small_run, tmp_path):
+    # smallct 0.1.0 wrote no positive_class, no class_names/positive_class settings and the CSV's ids (0, not 000)
+    def older(record):
+        del record["positive_class"]
+        for key in ("class_names", "positive_class"):
+            del record["config"]["data"][key]
+        record["folds"]["ids"] = [str(int(i)) for i in record["folds"]["ids"]]
+
+    folder = _copy_record(small_run, tmp_path / "old", older)
+    shutil.copy(small_run / "oof.csv", folder / "oof.csv")
+    run = load_run(folder)
+    assert run.class_names == ["0", "1"] and run.positive_class == "1"
+    assert run.config.data.class_names is None and run.config.data.positive_class is None
+    dataset = run.dataset(log=lambda *_: None)
+    assert dataset.ids == run.record["folds"]["ids"] and dataset.ids[0] == "0"  # the run's own ids, as recorded
+    assert dataset.class_names == ["0", "1"] and dataset.positive_class == "1"
+    assert load_run(small_run).positive_class == "1" and load_run(small_run).record["folds"]["ids"][0] == "000"

@@ -27,10 +27,11 @@ def _tiny(n: int = 12, size: int = 32, seed: int = 0):
 
 
 def test_fit_epoch_record_equals_loss_and_accuracy_of_the_batch():
-    # one batch of every image, lr 0 and no augmentation: the epoch's loss and accuracy are those of
-    # one train-mode forward pass over the set (BatchNorm batch statistics do not depend on order)
+    # one batch of every image, an lr too small to move a float32 weight (lr must be > 0) and no augmentation:
+    # the epoch's loss and accuracy are those of one train-mode forward pass over the set (BatchNorm batch
+    # statistics do not depend on order)
     model, x, y = _tiny()
-    cfg = TrainConfig(epochs=1, batch_size=len(x), lr=0.0, weight_decay=0.0, schedule="constant", augment="none")
+    cfg = TrainConfig(epochs=1, batch_size=len(x), lr=1e-30, weight_decay=0.0, schedule="constant", augment="none")
     record, = fit(model, x, y, cfg, MEAN, STD, progress=False)
     model.train()
     with torch.no_grad():

@@ -18,7 +18,7 @@ from smallct.io.windows import get_window, Window, window, WINDOWS
 from smallct.datasets.synthetic_dicom import write_ct_slice
 
 BUNDLED = Path(pydicom.data.__file__).parent / "test_files"  # shipped in the wheel: no network
-RSNA_SAMPLE = Path("/work/shared/data/rsna_sample/ID_e0cc6a4b5.dcm")
+RSNA_SAMPLE_FILE = "ID_e0cc6a4b5.dcm"  # the one real RSNA slice, in the shared rsna_sample folder
 
 
 def bundled(name: str) -> Path:
@@ -230,8 +230,8 @@ def test_jpeg_lossless_70_decoder_is_available():
     assert ds.pixel_array.shape == (100, 100, 3)
 
 
-@pytest.mark.skipif(not RSNA_SAMPLE.is_file(), reason="real RSNA sample not present")
-def test_real_rsna_slice():
+def test_real_rsna_slice(rsna_sample_dir):
+    RSNA_SAMPLE = rsna_sample_dir / RSNA_SAMPLE_FILE  # noqa: N806  (the fixture fails in CI when it is missing)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         hu = read_hu(RSNA_SAMPLE)

@@ -63,13 +63,18 @@ def test_cli_compares_weights_on_the_same_draws_and_learns(tmp_path, easy_set, c
 def test_cli_finetune_method_prints_its_duration_and_trains(tmp_path, easy_set, capsys):
     data = easy_set
     out = tmp_path / "curve"
+    # 20 images, batch 32: one step per epoch, so 10 epochs are 10 steps
     code = main(["--data", str(data), "--arch", "resnet18", "--weights", "none", "--img-size", "32", "--folds", "2",
-                 "--sizes", "8", "--method", "finetune", "--epochs", "1", "--finetune-img-size", "32",
+                 "--sizes", "20", "--method", "finetune", "--epochs", "10", "--finetune-img-size", "32",
                  "--out", str(out), "--no-progress"])
     assert code == 0
     assert "estimated duration" in capsys.readouterr().out
     folds = pd.read_csv(out / "curve_folds.csv")
-    assert len(folds) == 2 and set(folds["method"]) == {"finetune"} and folds["accuracy"].between(0, 1).all()
+    assert len(folds) == 2 and set(folds["method"]) == {"finetune"} and (folds["n_train"] == 20).all()
+    # an untrained head (random init) puts every image in one class: accuracy 0.5 on this balanced set, while
+    # ranking (AUC) can be perfect even so; trained, at most 2 of each fold's 20 test images are wrong (seeds 0-2:
+    # none; 1 or 3 epochs: 0.5)
+    assert (folds["accuracy"] >= 0.9).all()
 
 
 def test_cli_bad_sizes_is_one_error_line(tmp_path, easy_set, capsys):

@@ -9,10 +9,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from smallct.data.similar import near_duplicate_groups
+from smallct.datasets import load_dataset
 from smallct.fewshot import main
 from smallct.studies.fewshot import check_shots, episode_rng, sample_episode
-from smallct.studies.methods import (EMBEDDING_METHODS, label_propagation, linear_probe, nearest_neighbours,
-                                     nearest_prototype, normalize_embeddings)
+from smallct.studies.methods import (EMBEDDING_METHODS, episode_embeddings, label_propagation, linear_probe,
+                                     nearest_neighbours, nearest_prototype, normalize_embeddings)
+from tests.conftest import write_easy_set
 from smallct.studies.summary import summarize_episodes
 
 
@@ -26,6 +29,33 @@ def test_episode_draws_k_per_class_and_queries_the_rest():
     assert (again == support).all() and not (other == support).all()
 
 
+def test_episode_support_comes_from_distinct_groups_and_the_query_from_other_groups():
+    labels = np.array([0] * 12 + [1] * 8)
+    groups = np.r_[[0, 0, 0, 1, 1], np.arange(2, 17)]  # images 0-2 one group, 3-4 another, the rest alone
+    seen_excluded = 0
+    for e in range(200):
+        support, query = sample_episode(labels, 4, episode_rng(0, 4, e), groups)
+        assert np.bincount(labels[support]).tolist() == [4, 4]
+        assert len(set(groups[support])) == 8  # no two support images in one group
+        assert set(groups[support]).isdisjoint(groups[query])  # no query image beside a support image
+        left_out = np.setdiff1d(np.arange(20), np.r_[support, query])
+        assert set(groups[left_out]) <= set(groups[support])  # only support images' group mates sit out
+        seen_excluded += len(left_out)
+    # group {0, 1, 2} holds a support image in about 80% of episodes (2 images sit out), {3, 4} in about 65% (1)
+    assert 350 < seen_excluded < 530
+    # patient ids (strings) work the same way
+    support, query = sample_episode(labels, 4, episode_rng(0, 4, 0), groups.astype(str))
+    assert len(set(groups[support])) == 8 and set(groups[support]).isdisjoint(groups[query])
+
+
+def test_episode_says_when_groups_leave_a_class_without_support_or_query():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    with pytest.raises(ValueError, match="class 1 has only 1 images in groups of their own"):
+        sample_episode(labels, 2, episode_rng(0, 2, 0), np.array([0, 1, 2, 3, 4, 4, 4, 4]))
+    with pytest.raises(ValueError, match="no query image of class 1"):
+        sample_episode(labels, 1, episode_rng(0, 1, 0), np.array([0, 1, 2, 3, 4, 4, 4, 4]))
+
+
 def test_shots_must_leave_queries_in_every_class():
     labels = np.array([0] * 12 + [1] * 8)
     check_shots(labels, [1, 7])
@@ -33,6 +63,10 @@ def test_shots_must_leave_queries_in_every_class():
         check_shots(labels, [1, 8])
     with pytest.raises(ValueError, match="multi-label"):
         check_shots(np.zeros((5, 2)), [1])
+    groups = np.r_[0, 0, 0, 1, 1, np.arange(2, 17)]  # class 0: 9 groups of its 12 images
+    check_shots(labels, [7], groups)
+    with pytest.raises(ValueError, match="--shots 9: need 1 <= k < 8 .*groups"):
+        check_shots(labels, [9], np.r_[np.zeros(4), np.arange(1, 17)])  # class 0: 9 groups; class 1: 8
 
 
 def _clusters(n_per_class=30, dim=32, shift=3.0, seed=0):
@@ -119,6 +153,28 @@ def test_normalizations():
     assert np.allclose(st.mean(0), 0) and np.allclose(st.std(0), 1, atol=1e-5)
     with pytest.raises(ValueError, match="normalize 'zca'"):
         normalize_embeddings(z, "zca")
+    # statistics of reference rows: the mean (2, 20) and standard deviation (1, 10) of the first two rows
+    ref = normalize_embeddings(np.array([[5.0, 20.0]]), "standardize", np.array([[1.0, 10.0], [3.0, 30.0]]))
+    assert np.allclose(ref, [[3.0, 0.0]], atol=1e-5)
+
+
+@pytest.mark.parametrize("how", ["standardize", "center-l2"])
+def test_inductive_methods_see_no_other_query_image(how):
+    z, y = _clusters(seed=4)
+    support, query = np.r_[0:3, 30:33], np.r_[3:30, 33:60]
+    zs, zq = episode_embeddings(z, support, query, how)
+    zs_alone, zq_alone = episode_embeddings(z, support, query[:1], how)  # the first query image on its own
+    assert np.allclose(zs, zs_alone) and np.allclose(zq[:1], zq_alone)
+    if how == "standardize":  # fitted on the support: its rows have mean 0 and standard deviation 1
+        assert np.allclose(zs.mean(0), 0, atol=1e-9) and np.allclose(zs.std(0), 1, atol=1e-5)
+    for method in ("proto", "linear", "knn"):
+        P = EMBEDDING_METHODS[method](zs, y[support], zq, 2, C=0.1, knn_k=3)
+        P_alone = EMBEDDING_METHODS[method](zs_alone, y[support], zq_alone, 2, C=0.1, knn_k=3)
+        assert np.allclose(P[:1], P_alone)
+    # a transductive method's embeddings depend on the query set (its mean and spread are in the fit)
+    _, zq_all = episode_embeddings(z, support, query, how, transductive=True)
+    _, zq_one = episode_embeddings(z, support, query[:1], how, transductive=True)
+    assert not np.allclose(zq_all[:1], zq_one)
 
 
 def test_cli_writes_summary_episodes_plot_and_learns_an_easy_set(tmp_path, easy_set, capsys):
@@ -137,7 +193,10 @@ def test_cli_writes_summary_episodes_plot_and_learns_an_easy_set(tmp_path, easy_
     assert counts[("proto", 1)] == 6 and counts[("finetune", 5)] == 1
     episodes = pd.read_csv(out / "episodes.csv")
     assert len(episodes) == 3 * 2 * 6 + 2
-    assert (episodes.query("shots == 5")["n_query"] == 30).all()
+    # the easy set's similar discs form groups (005~027~003, 011~031, 007~019): their mates of support images sit out
+    five = episodes.query("shots == 5")
+    assert (five["n_query"] + five["n_excluded"] == 30).all() and five["n_excluded"].max() > 0
+    assert summary.set_index("method")["transductive"].sum() == 0  # proto, linear, knn: inductive
     good = summary.query("method != 'finetune' and shots == 5")
     assert (good["accuracy_mean"] > 0.9).all()  # labels and embeddings stay aligned
     assert ((summary["accuracy_ci_low"] <= summary["accuracy_mean"] + 1e-12)
@@ -154,7 +213,7 @@ def test_cli_writes_summary_episodes_plot_and_learns_an_easy_set(tmp_path, easy_
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--shots", "1,25"], "--shots 25: need 1 <= k < 20"),
+    (["--shots", "1,25"], "--shots 25: need 1 <= k < 16 (the smallest class has 16 groups"),  # 20 discs, 4 linked
     (["--method", "proto,svm"], "--method svm"),
     (["--weights", "/nowhere/w.pt"], "/nowhere/w.pt: no such weights file"),
 ])
@@ -165,3 +224,66 @@ def test_cli_bad_input_is_one_error_line(tmp_path, easy_set, capsys, argv, messa
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("smallct.fewshot: error:") and message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def _episode_leaks(episode_ids: pd.DataFrame, group_of: dict[str, object]) -> list[str]:
+    """What ``episode_ids.csv`` does wrong against the groups ``group_of`` (id -> group): two support images of
+    one group, or a query image in a support image's group."""
+    leaks = []
+    for (k, e), g in episode_ids.groupby(["shots", "episode"]):
+        support = [group_of[i] for i in g.loc[g["role"] == "support", "id"]]
+        query = {group_of[i] for i in g.loc[g["role"] == "query", "id"]}
+        if len(set(support)) < len(support):
+            leaks.append(f"k={k} episode {e}: two support images share a group")
+        if query & set(support):
+            leaks.append(f"k={k} episode {e}: a query image shares a group with a support image")
+    return leaks
+
+
+def test_episode_ids_keep_planted_duplicates_out_of_the_query_set(tmp_path):
+    data = write_easy_set(tmp_path / "planted")
+    labels = (data / "labels.csv").read_text()
+    copies = range(10)  # 040.png..049.png are byte copies of 000.png..009.png, with their labels
+    for i in copies:
+        (data / f"{40 + i:03d}.png").write_bytes((data / f"{i:03d}.png").read_bytes())
+    (data / "labels.csv").write_text(labels + "".join(f"{40 + i},{i % 2}\n" for i in copies))
+    out = tmp_path / "fs"
+    assert main(["--data", str(data), "--arch", "resnet18", "--weights", "none", "--img-size", "32", "--shots", "1,8",
+                 "--episodes", "12", "--method", "proto,knn", "--out", str(out), "--no-progress"]) == 0
+    ids = pd.read_csv(out / "episode_ids.csv", dtype={"id": str})
+    assert len(ids) == 2 * 12 * 50 and (ids.groupby(["shots", "episode"])["id"].nunique() == 50).all()
+    planted = {f"{i:03d}": f"g{i % 40}" if i % 40 in copies else str(i) for i in range(50)}  # ids: the file stems
+    assert _episode_leaks(ids, planted) == []
+    assert (ids.query("role == 'support'").groupby(["shots", "episode"]).size() == ids.groupby(
+        ["shots", "episode"])["shots"].first() * 2).all()
+    # the rule did something: with 8 shots per class, copies of support images sat out
+    assert (ids.query("shots == 8 and role == 'excluded'")["id"].isin([f"{i:03d}" for i in [*copies, *range(40, 50)]])
+            .any())
+    record = json.loads((out / "fewshot.json").read_text())["grouping"]
+    assert record["n_groups"] <= 40 and record["n_images_in_shared_groups"] >= 20
+    assert record["excluded_per_episode_mean"]["8"] > record["excluded_per_episode_mean"]["1"] > 0
+    # a sampler that ignored the copies would leak: the same check fails on a table that puts them in the query
+    naive = ids.copy()
+    naive.loc[naive["role"] == "excluded", "role"] = "query"
+    assert _episode_leaks(naive, planted)
+
+
+def test_episode_ids_on_head_ct_never_query_a_support_image_near_duplicate(tmp_path, head_ct_dir):
+    out = tmp_path / "fs"
+    assert main(["--data", str(head_ct_dir), "--arch", "tf_efficientnet_lite0", "--weights", "none", "--img-size",
+                 "64", "--shots", "5,20", "--episodes", "4", "--method", "proto", "--out", str(out),
+                 "--no-progress"]) == 0
+    ids = pd.read_csv(out / "episode_ids.csv", dtype={"id": str})
+    dataset = load_dataset(head_ct_dir)
+    groups = near_duplicate_groups(dataset, log=lambda *a: None).groups  # smallct.cv's grouping, at its default
+    assert _episode_leaks(ids, dict(zip(dataset.ids, groups))) == []
+    # pairs named in smallct.data.similar: one slice twice (188, 189), one slice at two sizes (5, 58)
+    known = {"188": "a", "189": "a", "005": "b", "058": "b"}
+    assert _episode_leaks(ids, {i: known.get(i, i) for i in dataset.ids}) == []
+    excluded = ids.query("role == 'excluded'")
+    assert len(excluded) > 0 and ids.groupby(["shots", "episode"])["id"].nunique().eq(200).all()
+    episodes = pd.read_csv(out / "episodes.csv")
+    per_episode = excluded.groupby(["shots", "episode"]).size().reindex(
+        pd.MultiIndex.from_frame(episodes[["shots", "episode"]]), fill_value=0)
+    assert (per_episode.to_numpy() == episodes["n_excluded"].to_numpy()).all()
+    assert (episodes["n_query"] + episodes["n_excluded"] + 2 * episodes["shots"] == 200).all()

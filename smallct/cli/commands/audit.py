@@ -11,7 +11,8 @@ from smallct.config.run import CVConfig
 from smallct.config.schema import build
 
 
-AUDIT_SETTINGS = ["data", "labels", "id_col", "label_col", "folds", "repeats", "seed", "group_similar"]
+AUDIT_SETTINGS = ["data", "labels", "id_col", "label_col", "class_names", "positive_class", "folds", "repeats",
+                  "seed", "group_similar"]
 
 
 class Audit(Command):
@@ -21,9 +22,9 @@ class Audit(Command):
                    "statistics) predicts the label, under the same cross-validation as smallct.cv.")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_settings(parser, CVConfig, AUDIT_SETTINGS[:4], required=["data"],
+        add_settings(parser, CVConfig, AUDIT_SETTINGS[:6], required=["data"],
                      help={"data": "image folder (with labels.csv, or one sub-folder per class)"})
-        add_settings(parser, CVConfig, AUDIT_SETTINGS[4:], help={
+        add_settings(parser, CVConfig, AUDIT_SETTINGS[6:], help={
             "folds": "cross-validation folds (as smallct.cv)", "seed": "seed of the folds and the forests",
             "group_similar": "keep near-duplicate images in one fold, as smallct.cv does (0 turns it off)"})
         parser.add_argument("--run", type=Path, help="take the folds of this smallct.cv run folder instead (exactly "
@@ -34,10 +35,10 @@ class Audit(Command):
 
     def run(self, args: argparse.Namespace) -> None:
         from smallct.analysis.audit import audit, format_report, run_folds, write_audit  # loaded on use: --help
-        from smallct.datasets.folder import load_dataset  # stays torch-free
+        from smallct.datasets.folder import load_data  # stays torch-free
 
         cfg = build(CVConfig, given(args, CVConfig, AUDIT_SETTINGS))
-        dataset = load_dataset(cfg.data.data, cfg.data.labels, cfg.data.id_col, cfg.data.label_col)
+        dataset = load_data(cfg.data, cfg.seed)
         assignment = run_folds(args.run, dataset) if args.run else None
         result = audit(dataset, cfg.folds, cfg.repeats, cfg.seed, args.n_boot, progress=not args.no_progress,
                        group_similar=cfg.data.group_similar, assignment=assignment)

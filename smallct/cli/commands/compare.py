@@ -13,15 +13,17 @@ class Compare(Command):
     name = "compare"
     help = "paired comparison of two runs on the same folds (B - A, with intervals)"
     description = ("Paired comparison of two smallct.cv runs on the same folds (same data, --folds, --repeats and "
-                   "--seed): difference in accuracy and AUC (B - A) with a paired bootstrap interval, and with "
-                   "repeated CV the Nadeau-Bengio corrected resampled t-test.")
+                   "--seed): difference in accuracy and AUC (B - A) with a paired bootstrap interval over the groups the "
+                   "folds keep whole, and with repeated CV the Nadeau-Bengio corrected resampled t-test. A "
+                   "difference is called clear only when both agree: use --repeats 5 or more.")
     progress = False
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("run_a", type=Path, help="run folder A (the reference, e.g. resnet18)")
         parser.add_argument("run_b", type=Path, help="run folder B (the challenger, e.g. resnet152)")
         parser.add_argument("--out", type=Path, help="output folder (default: compare_A_vs_B beside RUN_B)")
-        parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of images (default 2000)")
+        parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000) of the "
+                            "units the folds keep whole (near-duplicate groups, patients, else images)")
         parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
 
     def run(self, args: argparse.Namespace) -> None:

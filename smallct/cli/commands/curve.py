@@ -25,7 +25,7 @@ class Curve(Command):
         add_settings(parser.add_argument_group("sizes and validation"), CurveConfig,
                      ["sizes", "folds", "repeats", "seed"])
         add_settings(parser.add_argument_group("fine-tuning"), CurveConfig, FINETUNE, help=FINETUNE_HELP)
-        add_settings(parser.add_argument_group("run"), CurveConfig, ["device", "out"])
+        add_settings(parser.add_argument_group("run"), CurveConfig, ["device", "threads", "out"])
 
     def run(self, args: argparse.Namespace) -> None:
         from smallct.studies.curve import run_curve  # the library, loaded on use: --help stays torch-free

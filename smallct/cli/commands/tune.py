@@ -37,8 +37,6 @@ def config_from_args(args: argparse.Namespace) -> TuneConfig:
     space = {k: v for k, v in space.items() if k not in fixed}
     if cfg.storage is not None:
         storage_kind(cfg.storage)  # a bad URL stops here, before any data is read
-    if cfg.trials < 0 or (cfg.timeout is not None and cfg.timeout <= 0):
-        raise ValueError(f"--trials {cfg.trials} --timeout {cfg.timeout}: expected trials >= 0 and timeout > 0")
     return replace(cfg, base=base, space=space)
 
 
