@@ -83,8 +83,8 @@ class Folds:
 
 
 def make_folds(dataset: Dataset, folds: int = 5, repeats: int = 1, seed: int = 0,
-               group_similar: float | None = GROUP_SIMILAR, resize: str = "pad", crop: bool = True,
-               workers: int = 0, progress: bool = True, log=print) -> Folds:
+               group_similar: float | None = GROUP_SIMILAR, workers: int = 0, progress: bool = True,
+               log=print) -> Folds:
     """The folds of a run on ``dataset``: near-duplicates and patients kept together, stratified by label.
 
     Parameters
@@ -95,10 +95,11 @@ def make_folds(dataset: Dataset, folds: int = 5, repeats: int = 1, seed: int = 0
         ``repeats`` draws of ``folds`` folds; repeat ``r`` shuffles with ``seed + r``.
     group_similar
         Thumbnail correlation at which images count as near-duplicates (None: not looked for).
-    resize, crop, workers, progress
-        How the thumbnails are decoded (:func:`smallct.data.similar.near_duplicate_groups`).
+    workers, progress
+        How the thumbnails are decoded: always one canonical way, whatever the run's preprocessing, so the
+        folds depend only on the files (:func:`smallct.data.similar.near_duplicate_groups`).
     """
-    grouping = near_duplicate_groups(dataset, group_similar, resize, crop, workers, progress, log)
+    grouping = near_duplicate_groups(dataset, group_similar, workers, progress, log)
     assignment = fold_assignment(dataset.labels, folds, repeats, seed, grouping.groups)
     return Folds(assignment, grouping)
 

@@ -30,6 +30,8 @@ from smallct.data.cache import load_images
 DEFAULT_THRESHOLD = GROUP_SIMILAR  # Pearson correlation of 64 px grey thumbnails (after crop and pad)
 THUMBNAIL = 64
 DECODE_SIZE = 128  # images are decoded at this size, then shrunk to THUMBNAIL (the threshold was set this way)
+CANONICAL_RESIZE = "pad"  # ... with this resize and crop, whatever the run's own preprocessing, so that runs with
+CANONICAL_CROP = True  # other --resize, --no-crop or --img-size share their folds and can be compared image by image
 PLAUSIBLE_SHARE = 0.1  # a linked set of more than this share of the images (patients) is not a set of near-duplicates
 PLAUSIBLE_MIN = 3  # ... nor is it at any size up to this (two or three copies of one slice are plausible in a small set)
 STRICTEST_CUT = 0.97  # links this close are the same slice: when they alone chain a large set, stop and ask
@@ -136,20 +138,22 @@ def plausible_cut(owner: np.ndarray, pairs: list[tuple[int, int, float]], share:
     return cut, largest
 
 
-def near_duplicate_groups(dataset, threshold: float | None = DEFAULT_THRESHOLD, resize: str = "pad",
-                          crop: bool = True, workers: int = 0, progress: bool = False, log=print) -> Grouping:
+def near_duplicate_groups(dataset, threshold: float | None = DEFAULT_THRESHOLD, workers: int = 0,
+                          progress: bool = False, log=print) -> Grouping:
     """Groups for a splitter: the dataset's own groups (patients, when known) joined with near-duplicates.
 
-    Images are decoded at :data:`DECODE_SIZE` px and compared as :data:`THUMBNAIL` px thumbnails, whatever
-    the training image size, so runs at other ``--img-size`` share their folds (and can be compared image
-    by image). An implausibly large linked set is cut at a stricter correlation, saying so, or, when only
+    Every file is decoded one canonical way (:data:`DECODE_SIZE` px, :data:`CANONICAL_RESIZE`, cropped to
+    content) and compared as a :data:`THUMBNAIL` px grey thumbnail, whatever the run's ``--img-size``,
+    ``--resize`` or ``--no-crop``: the groups, and so the folds, depend only on the files, and runs that
+    preprocess differently share their folds (and can be compared image by image). An implausibly large linked set is cut at a stricter correlation, saying so, or, when only
     near-identical links chain it, a ``ValueError`` (see the module's text).
     """
     patients = dataset.groups
     if not threshold:
         unit = "patients" if patients is not None else "images"
         return Grouping(patients, [], None, None, unit, "near-duplicates not looked for (--group-similar 0)")
-    thumbs = load_images(dataset.files, DECODE_SIZE, resize, crop, workers=workers, progress=progress)
+    thumbs = load_images(dataset.files, DECODE_SIZE, CANONICAL_RESIZE, CANONICAL_CROP, workers=workers,
+                         progress=progress)
     _, pairs = similar_groups(thumbs, threshold)
     owner = (np.arange(len(dataset)) if patients is None
              else np.unique(np.asarray(patients).astype(str), return_inverse=True)[1].ravel())

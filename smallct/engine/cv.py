@@ -76,8 +76,8 @@ def check_task(cfg: CVConfig, dataset: Dataset) -> None:
 
 def folds_of(cfg: CVConfig, dataset: Dataset, progress: bool = True, log=print) -> Folds:
     """The folds of a run of ``cfg`` on ``dataset`` (:func:`smallct.data.folds.make_folds`)."""
-    return make_folds(dataset, cfg.folds, cfg.repeats, cfg.seed, cfg.data.group_similar, cfg.data.resize,
-                      cfg.data.crop, cfg.workers, progress, log)
+    return make_folds(dataset, cfg.folds, cfg.repeats, cfg.seed, cfg.data.group_similar, cfg.workers,
+                      progress, log)
 
 
 @with_threads()

@@ -158,8 +158,8 @@ def run_curve(cfg: CurveConfig, dataset: Dataset | None = None, progress: bool =
     labels = np.asarray(dataset.labels)
     if labels.ndim != 1:
         raise ValueError("learning curves need one class per image (binary or multi-class), not multi-label")
-    folds = make_folds(dataset, cfg.folds, cfg.repeats, cfg.seed, cfg.data.group_similar, cfg.data.resize,
-                       cfg.data.crop, progress=progress, log=log)  # smallct.cv's folds
+    folds = make_folds(dataset, cfg.folds, cfg.repeats, cfg.seed, cfg.data.group_similar,
+                       progress=progress, log=log)  # smallct.cv's folds
     note = check_sizes(cfg.sizes, labels, folds.assignment)
     if note:
         log(note)

@@ -221,13 +221,12 @@ def run_fewshot(cfg: FewShotConfig, dataset: Dataset | None = None, progress: bo
                 log=print, grouping: Grouping | None = None) -> FewShotResult:
     """Run the episodes of every method and ``k`` in ``cfg`` (at ``cfg.threads`` torch threads), write the outputs
     to ``cfg.out``. ``grouping``: the groups episodes respect (default: smallct.cv's, from
-    :func:`smallct.data.similar.near_duplicate_groups` with ``cfg.data``'s group_similar, resize and crop)."""
+    :func:`smallct.data.similar.near_duplicate_groups` with ``cfg.data``'s group_similar)."""
     check_config(cfg)
     dataset = dataset if dataset is not None else load_data(cfg.data, cfg.seed, log)  # first: no data, no run
     source = resolve_weights(cfg.arch, cfg.weights)  # then: no weights, no run
     if grouping is None:
-        grouping = near_duplicate_groups(dataset, cfg.data.group_similar, cfg.data.resize, cfg.data.crop,
-                                         progress=progress, log=log)
+        grouping = near_duplicate_groups(dataset, cfg.data.group_similar, progress=progress, log=log)
     check_shots(dataset.labels, cfg.shots, grouping.groups)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)

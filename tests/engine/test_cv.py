@@ -150,8 +150,8 @@ def test_config_round_trips_through_run_json(tmp_path, phantom_dir):
 def test_a_shipped_recipe_is_read_by_name_and_flags_still_win(tmp_path):
     cfg = config_from_argv(["--params", "lite0_finetune", "--epochs", "3"])
     assert (cfg.arch, cfg.weights, cfg.data.img_size) == ("tf_efficientnet_lite0", "imagenet", 192)
-    assert (cfg.train.freeze_epochs, cfg.train.backbone_lr_mult, cfg.train.epochs) == (1, 0.5, 3)
-    assert "seed-1 folds" in cfg.params_source  # results.json says where the settings came from
+    assert (cfg.train.lr, cfg.train.freeze_epochs, cfg.train.backbone_lr_mult, cfg.train.epochs) == (5e-4, 0, 1.0, 3)
+    assert "plain timm script" in cfg.params_source  # results.json says where the settings came from
     with pytest.raises(ValueError, match="no_such_recipe: no such settings file, nor a recipe .*lite0_finetune"):
         config_from_argv(["--params", "no_such_recipe"])
 
@@ -174,3 +174,21 @@ def test_images_given_to_run_cv_must_match_the_data_and_size(tmp_path, phantom_d
         run_cv(tiny_cfg(tmp_path / "run", phantom_dir), dataset=dataset, images=wrong, progress=False,
                log=lambda *_: None)
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_folds_do_not_depend_on_the_runs_preprocessing(head_ct_dir):
+    """Groups come from one canonical thumbnail per file: --no-crop --resize squash at another size still gives
+    smallct.cv's default folds (49 pairs on the real set), so such runs can be compared image by image."""
+    from smallct.engine.cv import folds_of
+    from smallct.datasets.folder import load_dataset
+
+    dataset = load_dataset(head_ct_dir)
+    quiet = dict(progress=False, log=lambda *_: None)
+    base = folds_of(CVConfig(data=DataConfig(data=str(head_ct_dir)), repeats=2), dataset, **quiet)
+    other = folds_of(CVConfig(data=DataConfig(data=str(head_ct_dir), img_size=96, resize="squash", crop=False),
+                              repeats=2), dataset, **quiet)
+    assert len(base.similar) == len(other.similar) == 49
+    np.testing.assert_array_equal(base.assignment, other.assignment)
+    np.testing.assert_array_equal(base.groups, other.groups)
+    moved = folds_of(CVConfig(data=DataConfig(data=str(head_ct_dir)), repeats=2, seed=1), dataset, **quiet)
+    assert not np.array_equal(base.assignment, moved.assignment)  # the check can fail: the seed moves them

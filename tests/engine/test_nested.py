@@ -140,7 +140,7 @@ def test_cli_flags_apply_to_every_candidate_and_bad_input_is_one_line(phantom_di
                                       "--select", "roc_auc", "--no-progress", "--out", str(tmp_path / "o")])
     assert list(cfg.candidates) == ["lite0_finetune", "b"] and not progress
     lite, other = cfg.candidates["lite0_finetune"], cfg.candidates["b"]
-    assert lite.arch == "tf_efficientnet_lite0" and lite.data.img_size == 192 and lite.train.lr == 1e-3
+    assert lite.arch == "tf_efficientnet_lite0" and lite.data.img_size == 192 and lite.train.lr == 5e-4
     assert other.train.lr == 0.01 and lite.train.epochs == other.train.epochs == 2  # the command line wins
     assert (cfg.folds, cfg.seed, cfg.repeats, cfg.inner_folds, cfg.select) == (4, 3, 1, 2, "roc_auc")
     first_b, _ = config_from_argv(["--candidates", f"{b},lite0_finetune"])
