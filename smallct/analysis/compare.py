@@ -14,8 +14,9 @@ is judged on the pairs, which is far more sensitive than comparing two separate 
 
 A difference is called clear only with repeated CV, when both intervals exclude 0: on one fold draw
 the bootstrap ignores the variation from retraining, so its verdict is "weak evidence" at most.
-Differences are always ``B - A``. :func:`compare_runs` is the library API; :func:`write_comparison` writes
-``compare.json`` and ``compare.png``, and the command prints one plain sentence.
+Differences are always ``B - A``. :func:`compare_runs` is the library API (:func:`compare_predictions` of
+predictions already read, which :mod:`smallct.analysis.ensemble` uses too); :func:`write_comparison` writes
+``compare.json`` and ``compare.png``, and the command prints :func:`summary_lines`, ending in one plain sentence.
 """
 
 from __future__ import annotations
@@ -81,14 +82,14 @@ def check_paired(a: RunPredictions, b: RunPredictions) -> None:
     if a.assignment.shape != b.assignment.shape or not np.array_equal(a.assignment, b.assignment):
         ca, cb = a.record.get("config", {}), b.record.get("config", {})
         da, db = ca.get("data", {}), cb.get("data", {})
-        # near-duplicates are found on 64 px thumbnails of the cropped/padded images: cropping can change the groups
+        # the near-duplicate groups come from one canonical thumbnail per file: only these settings move the folds
         differ = [f"{k} {ca.get(k)} vs {cb.get(k)}" for k in ("folds", "repeats", "seed") if ca.get(k) != cb.get(k)]
-        differ += [f"{k} {da.get(k)} vs {db.get(k)}" for k in ("group_similar", "resize", "crop")
-                   if da.get(k) != db.get(k)]
-        why = ", ".join(differ) or "same settings; a run of an older smallct grouped near-duplicates at its --img-size"
+        differ += [f"group_similar {da.get('group_similar')} vs {db.get('group_similar')}"
+                   ] if da.get("group_similar") != db.get("group_similar") else []
+        why = ", ".join(differ) or ("same settings; a run of an older smallct grouped near-duplicates on its own "
+                                    "--img-size, --resize and --crop")
         raise ValueError(f"{where}: different fold assignments ({why}); rerun one "
-                         "of them with the other's --folds, --repeats, --seed (and --group-similar, --resize, --crop, "
-                         "which decide the near-duplicate groups)")
+                         "of them with the other's --folds, --repeats, --seed and --group-similar")
 
 
 def _figures(y: np.ndarray, P: np.ndarray, correct: np.ndarray, idx: np.ndarray) -> tuple[float, float]:
@@ -147,10 +148,22 @@ def compare_runs(a: str | Path, b: str | Path, n_boot: int = 2000, seed: int = 0
     ValueError
         When the runs differ in images, labels or fold assignment, or one is unfinished.
     """
-    if n_boot < 100:
-        raise ValueError(f"--n-boot {n_boot}: use at least 100 resamples (default 2000)")
+    check_resamples(n_boot)
     ra, rb = read_predictions(a), read_predictions(b)
     check_paired(ra, rb)
+    return compare_predictions(ra, rb, n_boot, seed)
+
+
+def check_resamples(n_boot: int) -> None:
+    """``ValueError`` for fewer than 100 bootstrap resamples."""
+    if n_boot < 100:
+        raise ValueError(f"--n-boot {n_boot}: use at least 100 resamples (default 2000)")
+
+
+def compare_predictions(ra: RunPredictions, rb: RunPredictions, n_boot: int = 2000, seed: int = 0) -> dict:
+    """:func:`compare_runs` of predictions already read and paired (:func:`check_paired`): ``B - A``, with the
+    paired bootstrap over the units of A's folds (those of B's, the folds being the same)."""
+    check_resamples(n_boot)
     y = ra.labels
     repeats, n = ra.assignment.shape
     ca, cb = _correct(y, ra.P), _correct(y, rb.P)
@@ -198,6 +211,19 @@ def describe_difference(m: str, res: dict) -> str:
     lo, hi = (v * scale for v in res["ci95"])
     return (f"{NAMES[m]} {res['b'] * scale:{fmt}} vs {res['a'] * scale:{fmt}}, difference "
             f"{res['difference'] * scale:+{fmt}}{unit} (95% paired CI {lo:+{fmt}} to {hi:+{fmt}})")
+
+
+def summary_lines(result: dict) -> list[str]:
+    """What the command prints of a comparison: each difference with its paired interval, the Nadeau-Bengio
+    test (repeated CV), and the plain sentence."""
+    lines = [describe_difference(m, result[m]) for m in COMPARED]
+    for m in COMPARED:
+        t = (result["nadeau_bengio"] or {}).get(m)  # repeated CV only
+        if t is None:
+            continue
+        lines.append(f"Nadeau-Bengio corrected t-test, {NAMES[m]}: mean per-fold difference "
+                     f"{t['mean_difference']:+.3f}, t = {t['t']:.2f}, df = {t['df']}, p = {t['p_value']:.3f}")
+    return lines + [result["sentence"]]
 
 
 def _direction(lo: float, hi: float) -> str | None:

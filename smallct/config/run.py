@@ -18,8 +18,8 @@ from smallct.config.schema import validate
 
 Task = Literal["binary", "multiclass", "multilabel"]
 Resize = Literal["pad", "squash"]
-Optimizer = Literal["sgd", "adam", "adamw"]
-Schedule = Literal["step", "cosine", "onecycle", "constant"]
+Optimizer = Literal["sgd", "adam", "adamw", "radam"]
+Schedule = Literal["step", "cosine", "onecycle", "constant", "flat_cos"]
 Augment = Literal["none", "flip", "affine"]
 
 # Pearson correlation of 64 px grey thumbnails at which two images count as near-duplicates and are kept in
@@ -90,11 +90,30 @@ class TrainConfig:
     step_size: int = option(7, "StepLR: epochs between decays", ge=1)
     gamma: float = option(0.1, "StepLR: decay factor", gt=0, le=1)
     warmup_epochs: int = option(1, "cosine: epochs of linear warm-up (0: none)", ge=0)
+    flat_share: float = option(0.75, "flat_cos (fastai's fit_flat_cos): share of the steps at the full learning "
+                                     "rate before the cosine to 0", ge=0, lt=1)
     freeze_epochs: int = option(0, "train only the head for this many epochs, then all layers", ge=0)
     backbone_lr_mult: float = option(1.0, "backbone learning rate = lr x this (discriminative learning rates; 0 "
                                           "keeps the backbone's weights as loaded)", ge=0)
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss", ge=0, lt=1)
     augment: Augment = option("affine", "batched augmentation: flips, or flips + rotation, scale and shift")
+    # The ingredients of the public RSNA projects (smallct.data.augmentations): all off by default
+    vflip: float = option(0.0, "probability of an upside-down flip per image (0: none)", ge=0, le=1)
+    brightness: float = option(0.0, "brightness: add up to +-this x 255 per image (0: none)", ge=0, le=1)
+    contrast: float = option(0.0, "contrast: scale each image's spread about its mean by 1 +- up to this (0: none)",
+                             ge=0, le=1)
+    gauss_noise: float = option(0.0, "std of Gaussian noise added to every value, in 0..255 units (0: none)",
+                                ge=0, le=255)
+    salt_pepper: float = option(0.0, "share of pixels set to 0 or 255 (salt-and-pepper noise; 0: none)", ge=0,
+                                le=1)
+    erase: float = option(0.0, "probability per image of one erased (black) rectangle, random erasing / cutout "
+                               "(0: none)", ge=0, le=1)
+    mixup: float = option(0.0, "mixup: Beta(alpha, alpha) of the mixing weight, mixing targets alike (0: off)",
+                          ge=0)
+    cutmix: float = option(0.0, "cutmix: Beta(alpha, alpha) of the kept area; with --mixup too, one of the two per "
+                                "batch (0: off)", ge=0)
+    ema: float = option(0.0, "decay of an exponential moving average of the weights, which is evaluated and saved "
+                             "(e.g. 0.999; 0: off)", ge=0, lt=1)
     tta: bool = option(True, "average with the left-right mirror at evaluation")
     amp: bool = option(True, "mixed precision on CUDA (ignored on CPU)")
     compile: bool = option(False, "torch.compile the model for training on CUDA (faster epochs after a compile of "
@@ -136,7 +155,9 @@ CV_GROUPS = {
              "group_similar", "phantom_n", "task"],
     "model": ["arch", "weights", "freeze_epochs", "backbone_lr_mult"],
     "training": ["epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "step_size",
-                 "gamma", "warmup_epochs", "label_smoothing", "augment", "tta", "amp", "compile"],
+                 "gamma", "warmup_epochs", "flat_share", "label_smoothing", "augment", "vflip", "brightness",
+                 "contrast", "gauss_noise", "salt_pepper", "erase", "mixup", "cutmix", "ema", "tta", "amp",
+                 "compile"],
     "validation and run": ["folds", "repeats", "seed", "device", "threads", "workers", "out", "test_curves"],
 }
 
@@ -169,3 +190,16 @@ def from_dict(cls: type, values: dict) -> Any:
             value = Path(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def with_defaults(cls: type, values: dict) -> dict:
+    """:func:`to_dict` output ``values`` with the fields it lacks set to their defaults (nested configs alike):
+    a ``run.json`` written before a setting existed holds what that setting's default now does."""
+    defaults = cls()
+    out = dict(values)
+    for name, default in to_dict(defaults).items():
+        if name not in out:
+            out[name] = default
+        elif dataclasses.is_dataclass(getattr(defaults, name)) and isinstance(out[name], dict):
+            out[name] = with_defaults(type(getattr(defaults, name)), out[name])
+    return out

@@ -2,8 +2,8 @@
 
 :func:`oof_table` lays the folds' test probabilities out as ``oof.csv`` (one row per image and repeat);
 :func:`aggregate_results` makes ``results.json``: each fold's metrics, their mean and standard deviation
-over folds, and the pooled out-of-fold metrics with a bootstrap interval
-(:func:`smallct.evaluation.intervals.pooled_figures`); :func:`format_table` prints them.
+over folds, and the pooled out-of-fold metrics with a bootstrap interval (:func:`fold_figures`, over
+:func:`smallct.evaluation.intervals.pooled_figures`); :func:`format_table` prints them.
 """
 
 from __future__ import annotations
@@ -70,19 +70,46 @@ def stack_probs(folds: list[dict], n: int, repeats: int) -> np.ndarray:
     return P
 
 
-def aggregate_results(folds: list[dict], dataset: Dataset, cfg: CVConfig, units: Units | None = None) -> dict:
-    """Per-fold metrics, mean and std over folds, and pooled out-of-fold metrics with a bootstrap CI.
+def fold_figures(folds: list[dict], task: str, labels: np.ndarray, repeats: int, units: Units,
+                 seed: int = 0, complete: bool = True, n_boot: int = N_BOOT) -> dict:
+    """The figures of a run's folds: ``per_fold``, ``mean_std_over_folds`` and, when every fold is there, the
+    pooled out-of-fold figures with their bootstrap interval (``pooled_oof``, ``pooled_oof_ci95``, ``ci_method``,
+    ``ci_resampled``).
 
-    With repeats, a pooled metric is the mean over repeats of the metric of that repeat's pooled
-    out-of-fold predictions. The bootstrap resamples ``units``: the groups the folds keep whole
+    ``folds`` are fold files (repeat, fold, test_index, probs, metrics); ``labels`` (N,) or (N, L) of ``task``.
+    With repeats, a pooled figure is the mean over repeats of the figure of that repeat's pooled out-of-fold
+    predictions. The bootstrap resamples ``units`` (the groups the folds keep whole), the same in every repeat.
+    Shared by cross-validation and ensembles of runs (:mod:`smallct.analysis.ensemble`).
+    """
+    per_fold = [{"repeat": f["repeat"], "fold": f["fold"], "n_test": len(f["test_index"]), **f["metrics"]}
+                for f in folds]
+    metric_names = [k for k in folds[0]["metrics"] if isinstance(folds[0]["metrics"][k], (int, float))]
+    out = {"per_fold": per_fold,
+           "mean_std_over_folds": summarize_folds([{k: f[k] for k in metric_names} for f in per_fold])}
+    if complete:
+        P = stack_probs(folds, len(labels), repeats)
+        metric = multilabel_metrics if task == "multilabel" else classification_metrics
+        figure = over_repeats(metric, labels, P, metric_names)
+        point, ci = pooled_figures(figure, units, [m for m in metric_names if m in CI_METRICS],
+                                   n_boot=n_boot, seed=seed)
+        out["pooled_oof"] = point
+        out["pooled_oof_ci95"] = ci
+        out["ci_method"] = f"{units.describe(n_boot)} of pooled out-of-fold predictions"
+        out["ci_resampled"] = units.record()
+    return out
+
+
+def aggregate_results(folds: list[dict], dataset: Dataset, cfg: CVConfig, units: Units | None = None) -> dict:
+    """Per-fold metrics, mean and std over folds, and pooled out-of-fold metrics with a bootstrap CI
+    (:func:`fold_figures`), with the run's settings.
+
+    The bootstrap resamples ``units``: the groups the folds keep whole
     (:attr:`smallct.data.folds.Folds.units`; default: every image on its own), the same ones in every repeat.
     """
     units = units if units is not None else Units(len(dataset))
     complete = len(folds) == cfg.folds * cfg.repeats
-    per_fold = [{"repeat": f["repeat"], "fold": f["fold"], "n_test": len(f["test_index"]), **f["metrics"]}
-                for f in folds]
-    metric_names = [k for k in folds[0]["metrics"] if isinstance(folds[0]["metrics"][k], (int, float))]
-    results = {
+    figures = fold_figures(folds, dataset.task, dataset.labels, cfg.repeats, units, cfg.seed, complete)
+    return {
         "task": dataset.task,
         "class_names": dataset.class_names,
         "positive_class": dataset.positive_class,  # what prob, sensitivity, specificity and roc_auc are for
@@ -92,23 +119,13 @@ def aggregate_results(folds: list[dict], dataset: Dataset, cfg: CVConfig, units:
         "folds": cfg.folds,
         "repeats": cfg.repeats,
         "complete": complete,
-        "per_fold": per_fold,
-        "mean_std_over_folds": summarize_folds([{k: f[k] for k in metric_names} for f in per_fold]),
+        "per_fold": figures.pop("per_fold"),
+        "mean_std_over_folds": figures.pop("mean_std_over_folds"),
         "selection": ("the model after the last epoch is evaluated; nothing (epoch, threshold, setting) is chosen "
                       "on a test fold; threshold 0.5 is fixed"),
         "settings_source": cfg.params_source or "command line and defaults (not tuned on these folds)",
+        **figures,  # the pooled figures, when complete
     }
-    if complete:
-        P = stack_probs(folds, len(dataset), cfg.repeats)
-        metric = multilabel_metrics if dataset.task == "multilabel" else classification_metrics
-        figure = over_repeats(metric, dataset.labels, P, metric_names)
-        point, ci = pooled_figures(figure, units, [m for m in metric_names if m in CI_METRICS],
-                                   n_boot=N_BOOT, seed=cfg.seed)
-        results["pooled_oof"] = point
-        results["pooled_oof_ci95"] = ci
-        results["ci_method"] = f"{units.describe(N_BOOT)} of pooled out-of-fold predictions"
-        results["ci_resampled"] = units.record()
-    return results
 
 
 def format_table(results: dict) -> str:

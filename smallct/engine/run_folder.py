@@ -35,7 +35,7 @@ import torchvision
 from torch import nn
 
 import smallct
-from smallct.config.run import CVConfig, from_dict, to_dict
+from smallct.config.run import CVConfig, from_dict, to_dict, with_defaults
 from smallct.data.folds import Folds
 from smallct.datasets.folder import Dataset, load_data, same_ids
 from smallct.evaluation.intervals import Units
@@ -226,7 +226,8 @@ class RunFolder:
         if not self.has_record():
             return False
         old = self.read_record()
-        changed = [k for k in SETTINGS_THAT_CHANGE_RESULTS if old["config"].get(k) != record["config"].get(k)]
+        was, now = (with_defaults(CVConfig, r["config"]) for r in (old, record))  # absent: a later setting's default
+        changed = [k for k in SETTINGS_THAT_CHANGE_RESULTS if was.get(k) != now.get(k)]
         if old["folds"] != record["folds"]:
             changed.append("fold assignment (data)")
         changed += [f"{k} {old[k]} there, {record.get(k)} now: resume with --{k} {old[k]}"

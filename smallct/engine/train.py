@@ -8,6 +8,7 @@ decoding in the loop.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import math
 import time
@@ -19,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from smallct.config.run import TrainConfig
+from smallct.data.augmentations import PER_IMAGE, Mix, augment_batch, mix_batch
 from smallct.data.transforms import augment, normalize
 from smallct.evaluation.metrics import classification_metrics
 from smallct.models.factory import parameter_groups, set_backbone_trainable
@@ -70,7 +72,9 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"optimizer {cfg.optimizer!r}: expected sgd, adam or adamw")
+    if cfg.optimizer == "radam":  # Rectified Adam, with AdamW's decoupled weight decay
+        return torch.optim.RAdam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, decoupled_weight_decay=True)
+    raise ValueError(f"optimizer {cfg.optimizer!r}: expected sgd, adam, adamw or radam")
 
 
 def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
@@ -78,7 +82,8 @@ def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> 
 
     step: StepLR (``gamma`` every ``step_size`` epochs); cosine: linear warm-up over
     ``warmup_epochs`` then cosine to 0; onecycle: from lr/25 up to lr over the first 30% then
-    cosine down to lr/1e4; constant.
+    cosine down to lr/1e4; flat_cos (fastai's ``fit_flat_cos``): lr for the first ``flat_share`` of the
+    steps, then cosine to 0; constant.
     """
     if cfg.schedule == "constant":
         return 1.0
@@ -94,13 +99,54 @@ def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> 
         if step < up:
             return 1 / 25 + (1 - 1 / 25) * 0.5 * (1 - math.cos(math.pi * step / up))
         return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * (step - up) / max(total - up, 1)))
-    raise ValueError(f"schedule {cfg.schedule!r}: expected step, cosine, onecycle or constant")
+    if cfg.schedule == "flat_cos":
+        flat = int(cfg.flat_share * total)
+        if step < flat:
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - flat) / max(total - flat, 1)))
+    raise ValueError(f"schedule {cfg.schedule!r}: expected step, cosine, onecycle, constant or flat_cos")
 
 
 def _loss_fn(task: str, label_smoothing: float) -> nn.Module:
+    """BCE for multi-label, else cross-entropy: of class indices, or of (B, C) class probabilities (mixed targets;
+    label smoothing applies to both)."""
     if task == "multilabel":
         return nn.BCEWithLogitsLoss()
     return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+
+def soft_targets(y: torch.Tensor, task: str, num_outputs: int) -> torch.Tensor:
+    """Float targets (B, C) that mixup and cutmix can mix: one-hot class indices, or the 0/1 labels of multi-label."""
+    return y.float() if task == "multilabel" else nn.functional.one_hot(y, num_outputs).float()
+
+
+def _mixed_step(logits: torch.Tensor, yb: torch.Tensor, mix: Mix, task: str, loss_fn: nn.Module):
+    """Loss on the mixed targets, and the labels the training accuracy counts: each image's main class (multi-label:
+    each label where its mixed target is at least 1/2)."""
+    targets = mix.targets(soft_targets(yb, task, logits.shape[1]))
+    hard = (targets >= 0.5).float() if task == "multilabel" else targets.argmax(1)
+    return loss_fn(logits.float(), targets), hard
+
+
+def ema_decay(decay: float, step: int) -> float:
+    """The decay of EMA update ``step`` (0 for the first): ``min(decay, (1 + step) / (10 + step))``, so that the
+    average forgets its random or pretrained start quickly (the warm-up of TensorFlow's ExponentialMovingAverage)."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * model`` for every parameter; buffers (BatchNorm running statistics and
+    counts) copied from ``model``."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def backbone_frozen(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether the backbone is kept as it is in ``epoch`` (0-based): head-only epochs, or a backbone rate of 0."""
+    return epoch < cfg.freeze_epochs or cfg.backbone_lr_mult == 0
 
 
 def _probs(logits: torch.Tensor, task: str) -> torch.Tensor:
@@ -143,6 +189,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, me
     evaluated (loss and accuracy per epoch, for the training-curves plot); nothing is chosen on
     them: the returned model is the one after the last epoch. ``on_epoch`` receives each epoch's
     record (a tuner reports it to its pruner and may raise to stop). Returns one record per epoch.
+
+    With ``cfg.ema`` the per-epoch evaluation uses the moving average of the weights, and ``model`` ends up holding
+    it. A frozen backbone (:func:`backbone_frozen`) keeps its BatchNorm running statistics.
     """
     device = device or torch.device("cpu")
     model.to(device)
@@ -161,13 +210,15 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, me
     optimizer = make_optimizer(model, cfg)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     loss_fn = _loss_fn(task, cfg.label_smoothing)
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
+    ingredients = {k: getattr(cfg, k) for k in PER_IMAGE}
     history = []
     step = 0
     bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
         start = time.perf_counter()
-        set_backbone_trainable(model, epoch >= cfg.freeze_epochs)
-        model.train()
+        model.train()  # then the freeze: a frozen backbone's BatchNorm layers stay in eval mode
+        set_backbone_trainable(model, not backbone_frozen(cfg, epoch))
         order = torch.randperm(n, generator=generator, device=device)
         # sums stay on the device: no host-device synchronisation inside the epoch
         total_loss = torch.zeros((), device=device)
@@ -178,18 +229,25 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, me
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * lr_factor(cfg, step, total, steps_per_epoch)
             xb = augment(x[idx].float(), cfg.augment, generator)
+            xb = augment_batch(xb, generator, **ingredients)
+            xb, mix = mix_batch(xb, cfg.mixup, cfg.cutmix, generator)
             xb = normalize(xb, mean, std)
             xb = xb.contiguous(memory_format=torch.channels_last)
             yb = y[idx]
             with _autocast(device, cfg.amp):
                 logits = forward(xb)
-                loss = loss_fn(logits.float(), yb.float() if task == "multilabel" else yb)
+                if mix is None:
+                    loss, counted = loss_fn(logits.float(), yb.float() if task == "multilabel" else yb), yb
+                else:
+                    loss, counted = _mixed_step(logits, yb, mix, task, loss_fn)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                update_ema(ema, model, ema_decay(cfg.ema, step))
             step += 1
             total_loss += loss.detach() * len(idx)
-            correct += _correct(logits.detach(), yb, task)
+            correct += _correct(logits.detach(), counted, task)
             seen += len(idx)
         total_loss = total_loss.item()  # a NaN or inf in any step carries into the sum
         if not math.isfinite(total_loss):
@@ -197,12 +255,15 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, me
         record = {"epoch": epoch + 1, "train_loss": total_loss / seen, "train_acc": correct.item() / seen,
                   "lr": optimizer.param_groups[-1]["lr"]}
         if val is not None:
-            record.update(_evaluate(model, val[0], val[1], mean, std, task, loss_fn, device, cfg.amp))
+            record.update(_evaluate(model if ema is None else ema, val[0], val[1], mean, std, task, loss_fn, device,
+                                    cfg.amp))
         record["seconds"] = time.perf_counter() - start
         history.append(record)
         bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("train_loss", "val_loss", "val_acc")})
         if on_epoch is not None:
             on_epoch(record)
+    if ema is not None:  # what is evaluated, predicted and saved from here on
+        model.load_state_dict(ema.state_dict())
     return history
 
 

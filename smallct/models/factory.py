@@ -76,11 +76,21 @@ def parameter_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0)
 
 
 def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
-    """Freeze (or unfreeze) every parameter outside the head."""
-    head_ids = {id(p) for p in head_module(model).parameters()}
+    """Freeze (or unfreeze) every parameter outside the head.
+
+    A frozen backbone's BatchNorm layers are put in eval mode, so that their running statistics stay as loaded
+    (in train mode they would follow the training batches); unfrozen, they follow ``model.training``. Call it
+    after ``model.train()``, which would put them back in train mode.
+    """
+    head = head_module(model)
+    head_ids = {id(p) for p in head.parameters()}
     for p in model.parameters():
         if id(p) not in head_ids:
             p.requires_grad_(trainable)
+    head_modules = {id(m) for m in head.modules()}
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head_modules:
+            m.train(trainable and model.training)
 
 
 @torch.no_grad()

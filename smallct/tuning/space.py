@@ -23,6 +23,22 @@ CONDITIONS = {
     "step_size": ("schedule", ("step",)),
     "gamma": ("schedule", ("step",)),
     "warmup_epochs": ("schedule", ("cosine", "onecycle")),
+    "flat_share": ("schedule", ("flat_cos",)),
+}
+
+# Optional dimensions: the training ingredients of the public RSNA projects, searched only when asked for
+# (``--search mixup``, or an entry of a space file); off (0) is one of each choice, or the low end of each range.
+INGREDIENTS = {
+    "vflip": [0.0, 0.5],
+    "brightness": {"low": 0.0, "high": 0.3},
+    "contrast": {"low": 0.0, "high": 0.3},
+    "gauss_noise": {"low": 0.0, "high": 10.0},
+    "salt_pepper": {"low": 0.0, "high": 0.02},
+    "erase": {"low": 0.0, "high": 0.5},
+    "mixup": [0.0, 0.2, 0.4],
+    "cutmix": [0.0, 1.0],
+    "ema": [0.0, 0.99, 0.999],
+    "flat_share": {"low": 0.5, "high": 0.9},
 }
 
 # cv settings that describe the data, the machine or the run folder: never searched, never in best_params.json.
@@ -105,13 +121,30 @@ def parse_space(raw: dict, where: str = "search space") -> dict:
     return space
 
 
+def stock_entry(key: str, defaults: dict):
+    """What a bare ``--search KEY`` searches: the entry of :data:`INGREDIENTS` or of the default space, else every
+    choice of a choice setting (``--search optimizer``: sgd, adam, adamw, radam)."""
+    if key in INGREDIENTS:
+        return INGREDIENTS[key]
+    if isinstance(defaults.get(key), (list, dict)):
+        return defaults[key]
+    setting = searchable().get(key)
+    if setting is not None and setting.choices is not None:
+        return list(setting.choices)
+    raise ValueError(f"--search {key}: no stock range (stock: {', '.join([*INGREDIENTS, *defaults])}, or a choice "
+                     f"setting); give one: {key}=LOW:HIGH or {key}=A,B")
+
+
 def parse_search_option(text: str, defaults: dict) -> tuple[str, object]:
-    """``--search KEY=SPEC``: ``LOW:HIGH[:log|:linear]`` a range, ``A,B,C`` a choice, ``V`` a fixed value.
+    """``--search KEY=SPEC``: ``LOW:HIGH[:log|:linear]`` a range, ``A,B,C`` a choice, ``V`` a fixed value;
+    a bare ``--search KEY`` its stock entry (:func:`stock_entry`: how the optional dimensions are turned on).
 
     A range keeps the log scale of the default space's entry unless ``:log``/``:linear`` says otherwise.
     """
     key, sep, spec = text.partition("=")
     key = key.strip().replace("-", "_")
+    if not sep and key:
+        return key, stock_entry(key, defaults)
     if not sep or not key or not spec:
         raise ValueError(f"--search {text}: expected KEY=LOW:HIGH, KEY=A,B or KEY=VALUE (e.g. lr=1e-4:1e-2)")
     if ":" in spec:

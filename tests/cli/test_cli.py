@@ -32,7 +32,7 @@ def test_version_and_the_table_of_commands(capsys):
         cli.main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.strip() == f"smallct {smallct.__version__}"
     assert list(cli.COMMANDS) == ["data", "prepare", "cv", "nested", "tune", "fewshot", "curve", "audit", "compare",
-                                  "predict", "explain", "export"]
+                                  "ensemble", "predict", "explain", "export"]
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     listed = capsys.readouterr().out
@@ -113,7 +113,7 @@ def test_flags_come_from_the_dataclasses():
     for cls in (DataConfig, TrainConfig):
         for f in dataclasses.fields(cls):
             assert f.name in actions, f.name  # every setting has its flag
-    assert actions["optimizer"].choices == ["sgd", "adam", "adamw"]  # from TrainConfig.optimizer's Literal
+    assert actions["optimizer"].choices == ["sgd", "adam", "adamw", "radam"]  # from TrainConfig.optimizer's Literal
     assert isinstance(actions["tta"], argparse.BooleanOptionalAction)
     assert "(default 0.92)" in actions["group_similar"].help  # the default, shown, from DataConfig
     assert config_from_argv([]) == CVConfig()  # no flag given: the dataclass defaults, untouched

@@ -29,7 +29,9 @@ ZERO_OK = {"group_similar": "no grouping", "finetune_img_size": "the embedding s
            "workers": "every core", "momentum": "plain SGD", "weight_decay": "none", "warmup_epochs": "none",
            "freeze_epochs": "none", "backbone_lr_mult": "backbone kept as loaded", "label_smoothing": "none",
            "prune_after": "prune from the first step", "startup_trials": "TPE from the first trial",
-           "worker": "the first worker"}
+           "worker": "the first worker", "flat_share": "cosine from the first step", "vflip": "none",
+           "brightness": "none", "contrast": "none", "gauss_noise": "none", "salt_pepper": "none", "erase": "none",
+           "mixup": "off", "cutmix": "off", "ema": "off"}
 
 
 def _flags(name: str):
@@ -139,7 +141,7 @@ def test_data_checks_come_before_anything_is_written(name, argv, phantom_dir, tm
 
 
 def test_a_notebook_gets_the_same_checks():
-    with pytest.raises(ValueError, match=r"^--optimizer sgdd: expected one of sgd, adam, adamw$"):
+    with pytest.raises(ValueError, match=r"^--optimizer sgdd: expected one of sgd, adam, adamw, radam$"):
         TrainConfig(optimizer="sgdd")
     with pytest.raises(ValueError, match=r"^--batch-size 0: expected an integer, at least 1$"):
         CVConfig(train=TrainConfig(batch_size=0))
@@ -148,6 +150,15 @@ def test_a_notebook_gets_the_same_checks():
     with pytest.raises(ValueError, match=r"^--epochs 2.5: expected an integer, at least 1$"):
         TrainConfig(epochs=2.5)
     assert FewShotConfig(finetune_img_size=0).finetune_img_size is None  # 0: the embedding size, as on the CLI
+
+
+@pytest.mark.parametrize("flag, value, said", [
+    ("--vflip", "1.5", "at least 0 and at most 1"), ("--erase", "2", "at least 0 and at most 1"),
+    ("--brightness", "1.1", "at least 0 and at most 1"), ("--gauss-noise", "300", "at least 0 and at most 255"),
+    ("--ema", "1", "at least 0 and below 1"), ("--flat-share", "1", "at least 0 and below 1")])
+def test_the_rsna_ingredients_refuse_values_out_of_their_range(flag, value, said, tmp_path, capsys):
+    err = _refused("cv", [flag, value], tmp_path / "out", capsys)
+    assert f"{flag} {value}: expected a number, {said}" in err, err
 
 
 def test_a_settings_file_out_of_range_names_the_file(tmp_path, capsys):

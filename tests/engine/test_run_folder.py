@@ -205,3 +205,32 @@ def test_a_run_json_from_before_class_names_and_padded_ids_still_loads(small_run
     assert dataset.ids == run.record["folds"]["ids"] and dataset.ids[0] == "0"  # the run's own ids, as recorded
     assert dataset.class_names == ["0", "1"] and dataset.positive_class == "1"
     assert load_run(small_run).positive_class == "1" and load_run(small_run).record["folds"]["ids"][0] == "000"
+
+
+def test_a_run_json_from_before_the_rsna_ingredients_still_resumes(small_run, tmp_path):
+    # run.json written before vflip ... ema, flat_share existed: absent keys are their defaults, the old behaviour
+    from dataclasses import fields, replace
+
+    from smallct.config.run import TrainConfig
+    from smallct.engine.run_folder import RunFolder
+
+    new_keys = ["flat_share", "vflip", "brightness", "contrast", "gauss_noise", "salt_pepper", "erase", "mixup",
+                "cutmix", "ema"]
+    assert set(new_keys) <= {f.name for f in fields(TrainConfig)}
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    record = json.loads((run / "run.json").read_text())
+    for key in new_keys:
+        del record["config"]["train"][key]
+    (run / "run.json").write_text(json.dumps(record))
+    before = (run / "run.json").read_text()
+    _resumed_with(run, threads=1)  # every fold done: resumed, nothing trained, run.json kept
+    assert (run / "run.json").read_text() == before
+    cfg = load_run(run).config
+    assert cfg.train == TrainConfig(**json.loads(before)["config"]["train"])  # defaults filled in
+    now = json.loads(before)
+    now["config"]["train"]["mixup"] = 0.2
+    with pytest.raises(ValueError, match=r"other settings \(train\)"):
+        RunFolder(run).check_resume(now)
+    with pytest.raises(ValueError, match=r"other settings \(train\)"):
+        _resumed_with(run, train=replace(cfg.train, ema=0.99), threads=1)

@@ -1,4 +1,5 @@
-"""Tests of smallct.engine.train: the fit loop's on-device sums, the NaN guard, and the CUDA-only speed settings."""
+"""Tests of smallct.engine.train: the fit loop's on-device sums, the NaN guard, the CUDA-only speed settings, the
+RSNA projects' ingredients (RAdam, flat_cos, mixup / cutmix targets, EMA) and a frozen backbone's BatchNorm."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from torch import nn
+
 from smallct.data.transforms import normalize
-from smallct.config.run import TrainConfig
+from smallct.config.run import CVConfig, DataConfig, TrainConfig
 from smallct.models.factory import create_model
-from smallct.engine.train import fit
+from smallct.engine.train import ema_decay, fit, lr_factor, make_optimizer, update_ema
 from smallct.models.weights import resolve_weights
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -72,3 +75,101 @@ def test_cv_parser_compile_flag():
     assert config_from_argv([]).train.compile is False
     assert config_from_argv(["--compile"]).train.compile is True
 
+
+
+def _bn_stats(model) -> torch.Tensor:
+    return model.layer1[0].bn1.running_mean.clone()  # a BatchNorm layer of the backbone
+
+
+def test_a_frozen_backbone_keeps_its_batchnorm_statistics_and_then_learns():
+    model, x, y = _tiny(n=8)
+    before, conv = _bn_stats(model), model.conv1.weight.detach().clone()
+    cfg = TrainConfig(epochs=1, batch_size=4, freeze_epochs=1, augment="none")
+    fit(model, x, y, cfg, MEAN, STD, progress=False)
+    assert torch.equal(_bn_stats(model), before) and torch.equal(model.conv1.weight, conv)
+    assert model.layer1[0].bn1.num_batches_tracked.item() == 0
+    cfg = TrainConfig(epochs=2, batch_size=4, freeze_epochs=1, augment="none")  # epoch 2 trains everything
+    fit(model, x, y, cfg, MEAN, STD, progress=False)
+    assert not torch.equal(_bn_stats(model), before) and not torch.equal(model.conv1.weight, conv)
+    assert model.layer1[0].bn1.training  # unfrozen: train mode again
+    model, x, y = _tiny(n=8)
+    before = _bn_stats(model)
+    fit(model, x, y, TrainConfig(epochs=1, batch_size=4, backbone_lr_mult=0.0, augment="none"), MEAN, STD,
+        progress=False)
+    assert torch.equal(_bn_stats(model), before)  # a backbone rate of 0 keeps it as loaded, statistics too
+
+
+def test_radam_has_decoupled_weight_decay_and_trains():
+    model, x, y = _tiny(n=8)
+    optimizer = make_optimizer(model, TrainConfig(optimizer="radam", weight_decay=0.1))
+    assert isinstance(optimizer, torch.optim.RAdam) and optimizer.defaults["decoupled_weight_decay"]
+    history = fit(model, x, y, TrainConfig(epochs=2, batch_size=4, optimizer="radam", lr=1e-3), MEAN, STD,
+                  progress=False)
+    assert all(math.isfinite(h["train_loss"]) for h in history)
+
+
+def test_flat_cos_is_flat_for_its_share_of_the_steps_then_a_cosine_to_zero():
+    cfg = TrainConfig(schedule="flat_cos", flat_share=0.75)
+    factors = [lr_factor(cfg, step, 100, 10) for step in range(100)]
+    assert factors[:75] == [1.0] * 75
+    assert all(a > b for a, b in zip(factors[75:], factors[76:]))  # strictly down after the flat part
+    assert factors[-1] < 0.005 and factors[75 + 12] == pytest.approx(0.5, abs=0.07)  # half way: about 1/2
+    assert lr_factor(TrainConfig(schedule="flat_cos", flat_share=0.0), 0, 100, 10) == 1.0
+
+
+def test_ema_follows_its_formula_and_is_what_fit_returns():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    ema = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    start = [p.detach().clone() for p in ema.parameters()]
+    model[1].running_mean.fill_(0.3)
+    update_ema(ema, model, 0.9)
+    for e, s0, p in zip(ema.parameters(), start, model.parameters()):
+        torch.testing.assert_close(e, 0.9 * s0 + 0.1 * p)
+    assert torch.equal(ema[1].running_mean, model[1].running_mean)  # buffers copied
+    assert [ema_decay(0.999, t) for t in (0, 1, 10_000)] == [0.1, 2 / 11, 0.999]
+
+    # in fit: the weights it leaves are the average of every step's, not the last step's
+    raws, runs = [], {}
+    for decay in (0.0, 0.9):
+        model, x, y = _tiny(n=8)
+        init = {k: v.clone() for k, v in model.state_dict().items()}
+        cfg = TrainConfig(epochs=2, batch_size=4, ema=decay, augment="none", schedule="constant", lr=1e-2)
+        runs[decay] = fit(model, x, y, cfg, MEAN, STD, progress=False, val=(x, y))
+        raws.append(model.state_dict())
+    plain, averaged = raws
+    moved = [k for k in plain if plain[k].is_floating_point() and not torch.equal(plain[k], averaged[k])]
+    assert "fc.weight" in moved and "conv1.weight" in moved  # the EMA weights differ from the raw ones
+    assert all(torch.equal(plain[k], averaged[k]) for k in plain if "running" in k)  # BatchNorm buffers: the raw
+    assert [h["train_loss"] for h in runs[0.0]] == [h["train_loss"] for h in runs[0.9]]  # the same training
+    assert runs[0.0][-1]["val_loss"] != runs[0.9][-1]["val_loss"]  # evaluated on the average
+    assert not torch.equal(init["fc.weight"], averaged["fc.weight"])
+
+
+@pytest.mark.parametrize("task, labels", [("binary", 2), ("multilabel", 3)])
+def test_mixup_and_cutmix_train_on_mixed_targets(task, labels):
+    model, x, _ = _tiny(n=8)
+    model = create_model("resnet18", labels, resolve_weights("resnet18", "none"))
+    y = torch.arange(8) % 2 if task == "binary" else (torch.rand(8, labels, generator=torch.Generator()) > 0.5).long()
+    cfg = TrainConfig(epochs=1, batch_size=4, mixup=0.4, cutmix=1.0, label_smoothing=0.1)
+    record, = fit(model, x, y, cfg, MEAN, STD, task=task, progress=False, val=(x, y))
+    assert math.isfinite(record["train_loss"]) and 0 <= record["train_acc"] <= 1
+
+
+EVERY_INGREDIENT = dict(optimizer="radam", schedule="flat_cos", flat_share=0.5, vflip=0.5, brightness=0.2,
+                        contrast=0.2, gauss_noise=5.0, salt_pepper=0.01, erase=0.5, mixup=0.4, cutmix=1.0, ema=0.99,
+                        label_smoothing=0.1)
+
+
+def test_a_cv_run_with_every_ingredient_on_trains_and_records_them_in_run_json(phantom_dir, tmp_path):
+    import json
+
+    from smallct.engine.cv import run_cv
+
+    train = TrainConfig(epochs=2, batch_size=8, tta=False, **EVERY_INGREDIENT)
+    cfg = CVConfig(arch="resnet18", weights="none", folds=2, out=tmp_path / "run", workers=1, device="cpu",
+                   data=DataConfig(data=phantom_dir, img_size=32), train=train)
+    result = run_cv(cfg, progress=False, log=lambda *a: None)
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())["config"]["train"]
+    assert {k: recorded[k] for k in EVERY_INGREDIENT} == EVERY_INGREDIENT
+    assert result.oof["prob"].between(0, 1).all() and len(result.history) == 4

@@ -22,7 +22,8 @@ from smallct import cv, tune
 from smallct.cli.commands.tune import config_from_argv
 from smallct.config.studies import TuneConfig
 from smallct.tuning.report import summarize
-from smallct.tuning.space import default_space, parse_search_option, parse_space, suggest
+from smallct.config.schema import build
+from smallct.tuning.space import INGREDIENTS, default_space, parse_search_option, parse_space, suggest
 from smallct.tuning.storage import default_storage, make_storage
 from smallct.tuning.study import run_study
 from smallct.config.run import CVConfig, DataConfig, TrainConfig
@@ -86,6 +87,36 @@ def test_search_option_narrows_keeps_log_scale_and_fixes():
     assert parse_search_option("gamma=0.1:0.3", defaults)[1]["log"] is False
     assert parse_search_option("schedule=step,cosine", defaults) == ("schedule", ["step", "cosine"])
     assert parse_search_option("weight-decay=0", defaults) == ("weight_decay", "0")
+
+
+def test_the_rsna_ingredients_are_off_unless_asked_for_and_then_sampled():
+    assert not set(INGREDIENTS) & set(config_from_argv([]).space)  # not searched by default
+    asked = [f"--search={k.replace('_', '-')}" for k in INGREDIENTS if k != "cutmix"]
+    cfg = config_from_argv([*asked, "--search", "optimizer", "--search", "schedule=cosine,flat_cos", "--cutmix", "1"])
+    assert "cutmix" not in cfg.space and cfg.base.train.cutmix == 1.0  # a cv flag fixes a dimension
+    assert cfg.space["optimizer"] == ["sgd", "adam", "adamw", "radam"]  # a bare choice setting: all its choices
+    assert cfg.space["mixup"] == [0.0, 0.2, 0.4] and cfg.space["gauss_noise"] == {"low": 0.0, "high": 10.0,
+                                                                                  "log": False}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = []
+    for _ in range(30):
+        trial = study.ask()
+        params = suggest(trial, cfg.space, cfg.base)
+        train = build(CVConfig, params, base=cfg.base).train  # a valid config
+        assert ("flat_share" in params) == (params["schedule"] == "flat_cos")  # only where it applies
+        drawn.append(params)
+        study.tell(trial, 0.5)
+    for key, spec in INGREDIENTS.items():
+        if key == "cutmix":
+            continue
+        values = {p[key] for p in drawn if key in p}
+        if isinstance(spec, list):
+            assert values == set(spec), key
+        else:
+            assert min(values) >= spec["low"] and max(values) <= spec["high"] and len(values) > 10, key
+    assert train.cutmix == 1.0 and {p["optimizer"] for p in drawn} >= {"radam"}
+    with pytest.raises(ValueError, match="--search batch_size: no stock range"):
+        parse_search_option("batch_size", default_space(20))
 
 
 def test_conditional_settings_are_drawn_only_when_they_apply():
