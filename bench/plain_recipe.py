@@ -44,7 +44,7 @@ from torchvision.transforms import v2  # noqa: E402
 from smallct.models.weights import resolve_weights  # noqa: E402
 
 ARCH = "tf_efficientnet_lite0"
-SHARED = {"--seed", "--repeats", "--folds", "--out", "--data", "--params", "--group-similar"}
+SHARED = {"--seed", "--repeats", "--folds", "--out", "--data", "--params", "--epochs", "--img-size", "--device"}
 
 
 class PlainImages(Dataset):

@@ -87,7 +87,7 @@ def check_paired(a: RunPredictions, b: RunPredictions) -> None:
         differ += [f"group_similar {da.get('group_similar')} vs {db.get('group_similar')}"
                    ] if da.get("group_similar") != db.get("group_similar") else []
         why = ", ".join(differ) or ("same settings; a run of an older smallct grouped near-duplicates on its own "
-                                    "--img-size, --resize and --crop")
+                                    "--resize and --crop")
         raise ValueError(f"{where}: different fold assignments ({why}); rerun one "
                          "of them with the other's --folds, --repeats, --seed and --group-similar")
 

@@ -187,8 +187,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, me
 
     ``y`` is (N,) int64 class indices, or (N, L) 0/1 for multi-label. ``val`` images are only
     evaluated (loss and accuracy per epoch, for the training-curves plot); nothing is chosen on
-    them: the returned model is the one after the last epoch. ``on_epoch`` receives each epoch's
-    record (a tuner reports it to its pruner and may raise to stop). Returns one record per epoch.
+    them: the returned model is the one after the last epoch (with ``cfg.ema``, the average). ``on_epoch``
+    receives each epoch's record (a tuner reports it to its pruner and may raise to stop). Returns one record per
+    epoch.
 
     With ``cfg.ema`` the per-epoch evaluation uses the moving average of the weights, and ``model`` ends up holding
     it. A frozen backbone (:func:`backbone_frozen`) keeps its BatchNorm running statistics.
