@@ -12,6 +12,7 @@ from smallct.analysis.compare import compare_runs
 from smallct.compare import main
 from smallct.evaluation.intervals import nadeau_bengio
 from smallct.data.folds import fold_assignment
+from tests.analysis import write_multiclass_run
 
 
 def write_run(folder, labels, probs, assignment, arch="resnet18", seed=0, groups=None):
@@ -171,12 +172,7 @@ def test_multiclass_auc_matches_sklearn(tmp_path):
         logits = np.eye(3)[y] * 2 + rng.normal(0, noise, (len(y), 3))
         P = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
         folder = tmp_path / name
-        folder.mkdir()
-        (folder / "run.json").write_text(json.dumps({
-            "arch": "resnet18", "task": "multiclass", "class_names": ["p", "q", "r"], "weights": {"kind": "none"},
-            "config": {}, "folds": {"ids": ids, "assignment": folds.tolist()}}))
-        pd.DataFrame({"id": ids, "label": y, **{f"prob_{c}": P[:, j] for j, c in enumerate("pqr")},
-                      "pred": P.argmax(1), "fold": folds[0], "repeat": 0}).to_csv(folder / "oof.csv", index=False)
+        write_multiclass_run(folder, ids, y, P, folds)
         runs.append((folder, P))
     res = compare_runs(runs[0][0], runs[1][0], n_boot=100)
     assert res["roc_auc"]["a"] == pytest.approx(roc_auc_score(y, runs[0][1], multi_class="ovr"))

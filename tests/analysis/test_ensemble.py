@@ -12,6 +12,7 @@ import pytest
 
 from smallct.analysis.ensemble import best_member, ensemble_runs, normalised_weights
 from smallct.ensemble import main
+from tests.analysis import write_multiclass_run
 
 
 def member(run, folder, prob=None):
@@ -132,12 +133,7 @@ def test_multiclass_members(tmp_path):
         logits = np.eye(3)[y] * 2 + rng.normal(0, noise, (len(y), 3))
         P = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
         folder = tmp_path / name
-        folder.mkdir()
-        (folder / "run.json").write_text(json.dumps({
-            "arch": "resnet18", "task": "multiclass", "class_names": ["p", "q", "r"], "weights": {"kind": "none"},
-            "config": {}, "folds": {"ids": ids, "assignment": assignment.tolist()}}))
-        pd.DataFrame({"id": ids, "label": y, **{f"prob_{c}": P[:, j] for j, c in enumerate("pqr")},
-                      "pred": P.argmax(1), "fold": assignment[0], "repeat": 0}).to_csv(folder / "oof.csv", index=False)
+        write_multiclass_run(folder, ids, y, P, assignment)
         runs.append(folder)
         stacked.append(P)
     out = tmp_path / "ens"
