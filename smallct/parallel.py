@@ -12,7 +12,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterator, Sequence, TypeVar
 
-from tqdm.auto import tqdm
+from smallct.progress import tqdm
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -6,6 +6,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# No network beyond loopback, ever: weights come from the caches or a test's own 127.0.0.1 server (a test that
+# downloads lifts this for itself). Set before smallct and huggingface_hub are imported, and inherited by the
+# commands the tests start.
+os.environ["SMALLCT_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"  # mlflow 3.x sends usage telemetry by default (read on import)
+
 import numpy as np
 import pytest
 import torch

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
+import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from sklearn.ensemble import RandomForestClassifier
-from tqdm.auto import tqdm
+from smallct.progress import tqdm
 
 from smallct.config.run import GROUP_SIMILAR
 from smallct.data.folds import Folds, make_folds
@@ -36,6 +37,7 @@ from smallct.datasets.folder import Dataset
 from smallct.engine.run_folder import RunFolder
 from smallct.evaluation.intervals import Units, over_repeats, pooled_figures
 from smallct.evaluation.metrics import classification_metrics
+from smallct.evaluation.plots import new_figure, save_figure
 from smallct.io.files import atomic_csv, atomic_json
 from smallct.io.images import describe_image, to_rgb_uint8
 
@@ -200,13 +202,15 @@ def warning(result: dict) -> str | None:
     return text
 
 
-def audit_plot(result: dict, dataset: Dataset, path: Path) -> Path:
-    """Width against height per class (the shortcut made visible), and accuracy per feature set vs chance."""
+def audit_plot(result: dict, dataset: Dataset) -> Figure:
+    """Width against height per class (the shortcut made visible), and accuracy per feature set vs chance;
+    returns the figure."""
     features = result["features"]
     names = np.asarray(dataset.label_names())
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(9, 3.8))
+    fig = new_figure((9, 3.8))
+    ax, bx = fig.subplots(1, 2)
     markers = dict(zip(sorted(features["mode"].unique()), "os^vDP*X"))
-    for c, color in zip(dataset.class_names, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+    for c, color in zip(dataset.class_names, matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]):
         for mode, marker in markers.items():
             sel = (names == c) & (features["mode"].to_numpy() == mode)
             if sel.any():
@@ -223,16 +227,13 @@ def audit_plot(result: dict, dataset: Dataset, path: Path) -> Path:
     bx.axhline(result["chance"], color="k", ls="--", lw=1, label="chance (majority class)")
     bx.set(ylim=(0, 1), ylabel="cross-validated accuracy", title="label from metadata alone (95% CI)")
     bx.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return fig
 
 
 def write_audit(result: dict, dataset: Dataset, out: Path) -> None:
     atomic_csv(out / "features.csv", result["features"].assign(label=dataset.label_names()))
     atomic_json(out / "audit.json", {k: v for k, v in result.items() if k != "features"})
-    audit_plot(result, dataset, out / "audit.png")
+    save_figure(audit_plot(result, dataset), out / "audit.png")
 
 
 def format_report(result: dict) -> str:

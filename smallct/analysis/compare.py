@@ -24,12 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from smallct.engine.run_folder import RunFolder
 from smallct.evaluation.intervals import bootstrap_indices, nadeau_bengio, percentile_interval
 from smallct.evaluation.metrics import roc_auc
+from smallct.evaluation.plots import new_figure, save_figure, wrap
 from smallct.io.files import atomic_json
 
 COMPARED = ("accuracy", "roc_auc")  # the figures compared
@@ -272,9 +274,11 @@ def verdict(result: dict) -> str:
             f"include 0, so with {result['n_images']} images a difference of this size may be chance.")
 
 
-def compare_plot(result: dict, path: Path) -> Path:
-    """Per-fold paired differences (dots) and the pooled difference with its paired bootstrap interval."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+def compare_plot(result: dict) -> Figure:
+    """Per-fold paired differences (dots) and the pooled difference with its paired bootstrap interval
+    (and the Nadeau-Bengio interval, with repeats), one panel per compared figure; returns the figure."""
+    fig = new_figure((9, 3.6))
+    axes = fig.subplots(1, 2)
     rng = np.random.default_rng(0)
     nb = result.get("nadeau_bengio")
     for ax, m in zip(axes, COMPARED):
@@ -288,17 +292,18 @@ def compare_plot(result: dict, path: Path) -> Path:
             mid, lo, hi = mid * scale, lo * scale, hi * scale
             ax.errorbar(mid, y, xerr=[[mid - lo], [hi - mid]], fmt="o", color=color, capsize=5, lw=2)
         ax.axvline(0, color="k", lw=0.8, ls="--")
-        labels = ["single folds", "all images\n(paired bootstrap)"] + (["Nadeau-Bengio\n(corrected t)"] if nb else [])
+        unit = (result.get("ci_resampled") or {}).get("unit", "images")
+        labels = (["single folds", f"all images\n(paired bootstrap\nof {unit})"]
+                  + (["Nadeau-Bengio\n(corrected t)"] if nb else []))
         ax.set_yticks([2, 1, 0][:len(labels)], labels, fontsize=8)
         ax.set_ylim(-0.6 if nb else 0.4, 2.5)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # AUC differences have many decimals: few ticks
+        ax.grid(axis="x", alpha=0.3)
         ax.set_xlabel(f"B - A, {NAMES[m]}" + (" (points)" if m == "accuracy" else "") + ", 95% intervals")
-    fig.suptitle(f"B = {result['run_b']['label']}\nA = {result['run_a']['label']}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    fig.suptitle(wrap(f"B = {result['run_b']['label']}\nA = {result['run_a']['label']}", 8.8, 8), fontsize=8)
+    return fig
 
 
 def write_comparison(result: dict, out: Path) -> None:
     atomic_json(out / "compare.json", result)
-    compare_plot(result, out / "compare.png")
+    save_figure(compare_plot(result), out / "compare.png")

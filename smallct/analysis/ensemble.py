@@ -213,9 +213,9 @@ def _write(out: Path, record: dict, dataset: Dataset, folds: list[dict], results
     folder.write_results(results)
     atomic_json(out / ENSEMBLE_JSON, {**record["ensemble"], "members": results["ensemble"]["members"],
                                       "best_member": results["ensemble"]["best_member"]})
-    if len(dataset.class_names) == 2:
-        plots.roc_plot(oof, folder.roc_png, positive_class=dataset.positive_class)
-    plots.confusion_plot(oof["label"].to_numpy(), oof["pred"].to_numpy(), dataset.class_names, folder.confusion_png)
+    pngs = {"roc": folder.roc_png, "confusion": folder.confusion_png}
+    for name, figure in plots.run_figures(results, oof).items():
+        plots.save_figure(figure, pngs[name])
     write_comparison(comparison, out)
 
 

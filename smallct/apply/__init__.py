@@ -9,9 +9,10 @@ a run's model input), :func:`rsna_submission`; ``explain``: :func:`grad_cam`, :f
 from smallct._lazy import exports
 
 __all__, __getattr__, __dir__ = exports(__name__, {
-    "smallct.apply.explain": ["explain_images", "explain_oof", "grad_cam", "save_panel", "write_explanations"],
+    "smallct.apply.explain": ["cam_figure", "explain_images", "explain_oof", "grad_cam", "is_constant",
+        "write_explanations"],
     "smallct.apply.export": ["Deployable", "contract_path", "deployable", "export_module", "export_run",
-        "run_exported"],
+        "read_contract", "run_exported"],
     "smallct.apply.predict": ["check_compatible", "find_inputs", "fold_probabilities", "image_ids", "load_models",
         "model_inputs", "probability_columns", "rsna_submission", "select_checkpoints"],
 })

@@ -28,13 +28,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
-from tqdm.auto import tqdm
+from smallct.progress import tqdm
 
 from smallct.apply.predict import (fold_probabilities, image_ids, load_models, model_inputs, probability_columns,
                                    select_checkpoints)
@@ -42,6 +43,7 @@ from smallct.data.transforms import normalize
 from smallct.data.cache import load_images
 from smallct.engine.run_folder import Run, fold_name
 from smallct.engine.train import resolve_device
+from smallct.evaluation.plots import new_figure, save_figure, wrap
 from smallct.models.registry import feature_layer, get_architecture
 
 def grad_cam(model: nn.Module, x: torch.Tensor, mean, std, classes: Sequence[int],
@@ -196,45 +198,76 @@ def explain_images(run: Run, files: Sequence[str | Path], target: str | None = N
     return table, images, maps
 
 
-def save_panel(image: np.ndarray, cam: np.ndarray, path: str | Path, left: str = "", right: str = "") -> Path:
-    """Write the input (H, W, 3) uint8 and its heat map (H, W) in 0..1 over it, side by side, as a PNG."""
-    overlay = show_cam_on_image(image.astype(np.float32) / 255.0, cam, use_rgb=True, image_weight=0.6)
-    fig = Figure(figsize=(6.4, 3.5))
-    FigureCanvasAgg(fig)
-    for ax, picture, title in zip(fig.subplots(1, 2), (image, overlay), (left, right)):
-        ax.imshow(picture, interpolation="nearest")
-        ax.set_title(title, fontsize=8)
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return Path(path)
+CAM_WEIGHT = 0.4  # share of the heat map's colour in the overlay (the input's: 0.6, as the grad-cam package)
+CONSTANT_WHY = "a 1x1 feature map at this input size, or no positive evidence for the class"
+CONSTANT_FIX = "an earlier layer (--layer layer3 of a ResNet) or a larger --img-size gives a map that varies"
+
+
+def is_constant(cam: np.ndarray) -> bool:
+    """Whether a map (H, W) is flat: upsampled from a 1x1 feature map, or all zero. Scaled to 0..1 it would
+    be drawn as one colour (all blue), which looks like an answer and is none."""
+    return float(np.ptp(cam)) < 1e-3
+
+
+def cam_figure(image: np.ndarray, cam: np.ndarray, title: str = "", heat_title: str = "Grad-CAM") -> Figure:
+    """The input (H, W, 3) uint8 beside its heat map (H, W) in 0..1 over it, with a colour bar; returns the
+    figure (:func:`smallct.evaluation.plots.save_figure` writes it).
+
+    A constant map (:func:`is_constant`) is not drawn: its panel holds a note saying why instead."""
+    fig = new_figure((7.4, 3.9))
+    ax, bx = fig.subplots(1, 2)
+    ax.imshow(image, interpolation="nearest")
+    ax.set_title("input", fontsize=9)
+    bx.set_title(wrap(heat_title, 3.0, 9), fontsize=9)
+    for a in (ax, bx):
+        a.axis("off")
+    if is_constant(cam):
+        note = f"No heat map: the Grad-CAM map is constant, so it points nowhere ({CONSTANT_WHY}); {CONSTANT_FIX}."
+        bx.text(0.5, 0.5, wrap(note, 2.8, 8), ha="center", va="center", fontsize=8, transform=bx.transAxes)
+    else:
+        jet = colormaps["jet"]
+        overlay = (1 - CAM_WEIGHT) * image.astype(np.float32) / 255 + CAM_WEIGHT * jet(cam)[..., :3]
+        bx.imshow(overlay.clip(0, 1), interpolation="nearest")
+        bar = fig.colorbar(ScalarMappable(Normalize(0, 1), jet), ax=bx, shrink=0.85)
+        bar.set_label("Grad-CAM (1: the map's maximum)", fontsize=8)
+    fig.suptitle(wrap(title, 7.0, 10), fontsize=10)
+    return fig
 
 
 def _describe(row: pd.Series, run: Run) -> tuple[str, str]:
-    truth = ""
+    """The figure's title (id, true label(s), predicted class) and the heat map's (class, probability, model)."""
+    parts = [f"id {row['id']}"]
     if "label" in row:
-        truth = f"label {run.class_names[int(row['label'])]}, "
+        parts.append(f"true: {run.class_names[int(row['label'])]}")
     elif all(n in row for n in run.class_names):
-        truth = "labels " + ("|".join(n for n in run.class_names if row[n]) or "none") + ", "
+        parts.append("true: " + ("|".join(n for n in run.class_names if row[n]) or "none"))
+    if "pred" in row:
+        parts.append(f"predicted: {run.class_names[int(row['pred'])]}")
     prob = row.get("prob", row.get(f"prob_{row['target_class']}"))
     if "prob" in row and run.class_names.index(row["target_class"]) == 0:
         prob = 1 - prob
-    return (f"{row['id']}: {truth}input", f"Grad-CAM {row['target_class']} (p={prob:.2f}, {row['model']})")
+    return ", ".join(parts), f"Grad-CAM for {row['target_class']} (p = {prob:.2f}), {row['model']}"
 
 
 def write_explanations(run: Run, table: pd.DataFrame, images: torch.Tensor, maps: np.ndarray, out: str | Path,
-                       progress: bool = True) -> pd.DataFrame:
-    """One side-by-side PNG per image, ``cams.npz`` (ids, maps float16) and ``explain.csv`` in ``out``."""
+                       progress: bool = True, log=print) -> pd.DataFrame:
+    """One side-by-side PNG per image (:func:`cam_figure`), ``cams.npz`` (ids, maps float16) and ``explain.csv``
+    (the table with ``figure`` and ``map_constant``: no heat map drawn) in ``out``; says how many maps are
+    constant."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    figures = []
+    figures, constant = [], []
     for k, row in tqdm(table.iterrows(), total=len(table), desc="figures", unit="img", disable=not progress,
                        leave=False):
         name = re.sub(r"[^\w.-]+", "_", f"{row['id']}_{row['target_class']}") + ".png"
-        left, right = _describe(row, run)
-        save_panel(images[k].permute(1, 2, 0).numpy(), maps[k], out / name, left, right)
+        title, heat_title = _describe(row, run)
+        save_figure(cam_figure(images[k].permute(1, 2, 0).numpy(), maps[k], title, heat_title), out / name)
         figures.append(name)
-    table = table.assign(figure=figures)
+        constant.append(is_constant(maps[k]))
+    if any(constant):
+        log(f"smallct.explain: {sum(constant)} of {len(constant)} maps are constant ({CONSTANT_WHY}): their "
+            f"figures show the input and a note, no heat map; {CONSTANT_FIX}")
+    table = table.assign(figure=figures, map_constant=constant)
     table.to_csv(out / "explain.csv", index=False)
     np.savez_compressed(out / "cams.npz", ids=table["id"].to_numpy(dtype=str), cams=maps.astype(np.float16))
     return table

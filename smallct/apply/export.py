@@ -10,12 +10,14 @@ The exported graph carries the model's whole input contract except decoding:
 
 By default every fold model of the run goes into the one graph and their probabilities are
 averaged, as :mod:`smallct.apply.predict` does; ``--fold r0_f1`` exports a single fold model. A JSON beside
-the file (``model.onnx`` -> ``model.onnx.json``) records the contract: size, resize, crop, windows,
-classes, task, the fold models inside.
+the file (``model.onnx`` -> ``model.onnx.json``) records the contract: size, resize, crop, windows, mean, std,
+classes, positive class, task, architecture, smallct version, the fold models inside. An ONNX file carries the
+same contract in its own metadata (``metadata_props``, one JSON value per key; :func:`read_contract`), so it
+cannot be separated from its normalisation.
 
-ONNX goes through torch's TorchScript-based exporter (``dynamo=False``): the newer exporter needs the
-``onnxscript`` package and gives nothing more for these plain CNNs. ``pip install smallct[export]``
-adds ``onnx`` (graph check) and ``onnxruntime`` (the export is run once and compared with torch).
+ONNX goes through torch's current exporter (``torch.onnx.export(..., dynamo=True)``, a ``torch.export`` graph
+translated by ``onnxscript``; opset 18 or newer) with a free batch axis. ``pip install smallct[export]`` adds
+``onnxscript``, ``onnx`` (graph check) and ``onnxruntime`` (the export is run once and compared with torch).
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
+import smallct
 from smallct.apply.predict import load_models, select_checkpoints
 from smallct.engine.run_folder import Run
 
 FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}
+OPSET = 18  # the oldest opset torch's exporter writes natively (converting a resnet18 down to 17 fails)
 
 
 class Deployable(nn.Module):
@@ -70,25 +74,39 @@ def deployable(run: Run, folds: Sequence[str] | None = None, tta: bool = False) 
     return Deployable(models, run.input["mean"], run.input["std"], run.task, tta).eval()
 
 
-def export_module(module: nn.Module, path: str | Path, img_size: int, fmt: str = "onnx", opset: int = 17) -> Path:
-    """Write ``module`` (input (N, 3, img_size, img_size), any N) as ONNX or TorchScript (traced)."""
+def export_module(module: nn.Module, path: str | Path, img_size: int, fmt: str = "onnx", opset: int = OPSET) -> Path:
+    """Write ``module`` (input ``image`` (N, 3, img_size, img_size), any N >= 1) as ONNX or TorchScript (traced).
+
+    ONNX: torch's ``torch.export``-based exporter (needs ``onnxscript``), opset ``opset`` (18 or newer); the
+    weights are inside the file unless they pass protobuf's 2 GB limit (then beside it, ``NAME.onnx.data``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.rand(2, 3, img_size, img_size) * 255
     module = module.eval()
-    with warnings.catch_warnings():
-        # both exporters are marked deprecated in favour of torch.export, which needs onnxscript for ONNX
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        if fmt == "onnx":
-            torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
-                              input_names=["image"], output_names=["probabilities"],
-                              dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}})
-        elif fmt == "torchscript":
-            with torch.no_grad():
-                torch.jit.trace(module, example).save(str(path))
-        else:
-            raise ValueError(f"format {fmt!r}: expected onnx or torchscript")
+    if fmt == "onnx":
+        if opset < OPSET:
+            raise ValueError(f"--opset {opset}: torch's ONNX exporter writes opset {OPSET} or newer; "
+                             f"say --opset {OPSET}")
+        try:
+            import onnxscript  # noqa: F401  (the export extra; without it torch.onnx fails deep inside)
+        except ImportError:
+            # a ValueError, as for the other optional packages: the CLI prints it as one line
+            raise ValueError("ONNX export needs onnxscript: pip install 'smallct[export]'") from None
+        batch = torch.export.Dim("batch", min=1)  # the graph's axis 0 is free: any number of images
+        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset, verbose=False,
+                                    input_names=["image"], output_names=["probabilities"],
+                                    dynamic_shapes=({0: batch},))
+        external = path.with_name(path.name + ".data")
+        external.unlink(missing_ok=True)  # a previous, larger export's weights must not sit beside this one
+        program.save(str(path))
+    elif fmt == "torchscript":
+        with torch.no_grad(), warnings.catch_warnings():
+            # TorchScript is deprecated in torch (a FutureWarning per trace); it is the format asked for here
+            warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.jit\.")
+            torch.jit.trace(module, example).save(str(path))
+    else:
+        raise ValueError(f"format {fmt!r}: expected onnx or torchscript")
     return path
 
 
@@ -104,15 +122,16 @@ def run_exported(path: str | Path, image: np.ndarray) -> np.ndarray | None:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run(None, {"image": image.astype(np.float32)})[0]
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.jit\.")  # as in export_module
         loaded = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         return loaded(torch.from_numpy(image.astype(np.float32))).numpy()
 
 
 def export_run(run: Run, out: str | Path, fmt: str | None = None, folds: Sequence[str] | None = None,
-               tta: bool = False, opset: int = 17, check: bool = True) -> dict:
-    """Export a run's fold models (averaged) to ``out`` and write the contract JSON beside it.
+               tta: bool = False, opset: int = OPSET, check: bool = True) -> dict:
+    """Export a run's fold models (averaged) to ``out`` and write the contract JSON beside it (and, for
+    ONNX, into the file's metadata as well: :func:`read_contract` gives it back).
 
     ``fmt`` defaults to the suffix of ``out`` (.onnx, .pt). With ``check`` the exported file is run
     on random images and compared with torch; the largest absolute difference of the probabilities
@@ -126,14 +145,12 @@ def export_run(run: Run, out: str | Path, fmt: str | None = None, folds: Sequenc
     size = int(run.input["img_size"])
     export_module(module, out, size, fmt, opset)
     if fmt == "onnx":
-        try:
-            import onnx  # optional: the export extra
+        import onnx  # installed with onnxscript, which the export needs
 
-            onnx.checker.check_model(str(out))
-        except ImportError:
-            pass
+        onnx.checker.check_model(str(out))  # by path: works for weights kept beside the file, too
     contract = {
-        "file": out.name, "format": fmt, "run": str(run.path), "arch": run.arch, "task": run.task,
+        "file": out.name, "format": fmt, "smallct_version": smallct.__version__,
+        "run": str(run.path), "arch": run.arch, "task": run.task,
         "class_names": run.class_names, "positive_class": run.positive_class,
         "models": [c.name for c in select_checkpoints(run, folds)], "tta": tta,
         "input": {"name": "image", "shape": ["N", 3, size, size], "dtype": "float32",
@@ -154,8 +171,30 @@ def export_run(run: Run, out: str | Path, fmt: str | None = None, folds: Sequenc
             with torch.no_grad():
                 expected = module(torch.from_numpy(image)).numpy()
             contract["max_abs_difference"] = float(np.abs(exported - expected).max())
+    if fmt == "onnx":
+        write_metadata(out, contract)
     contract_path(out).write_text(json.dumps(contract, indent=1))
     return contract
+
+
+def write_metadata(path: str | Path, contract: dict) -> None:
+    """Put ``contract`` into an ONNX file's ``metadata_props``: one entry per key, its value as JSON text
+    (ONNX metadata values are strings). Replaces any metadata there; the graph and weights are untouched."""
+    import onnx  # on use: installed with onnxscript, the export extra
+
+    model = onnx.load(str(path), load_external_data=False)  # weights beside the file stay where they are
+    del model.metadata_props[:]
+    for key, value in contract.items():
+        model.metadata_props.add(key=key, value=json.dumps(value))
+    onnx.save(model, str(path))
+
+
+def read_contract(path: str | Path) -> dict:
+    """The input contract kept in an exported ONNX file's metadata (as :func:`write_metadata` wrote it)."""
+    import onnx  # on use: installed with onnxscript, the export extra
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: json.loads(p.value) for p in model.metadata_props}
 
 
 def contract_path(out: str | Path) -> Path:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from smallct.progress import tqdm
 
 from smallct.data.cache import load_images
 from smallct.datasets.classes import class_note

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from smallct._messages import one_line
+
 
 class Command:
     """One command: its name, its flags, its call of the library."""
@@ -55,11 +57,6 @@ def configure(parser: argparse.ArgumentParser, command: Command) -> argparse.Arg
 def command_parser(command: Command, prog: str) -> argparse.ArgumentParser:
     """The parser of one command under ``prog`` (``python -m smallct.cv`` or ``smallct cv``)."""
     return configure(Parser(prog=prog), command)
-
-
-def one_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return " ".join(text.split())
 
 
 def execute(command: Command, args: argparse.Namespace, label: str) -> int:

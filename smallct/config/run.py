@@ -30,6 +30,13 @@ THREADS_HELP = ("torch threads (default: torch's own, one per core); the same de
                 "same figures; on a busy shared CPU 1 is faster")
 # --device: what smallct.engine.train.resolve_device accepts
 DEVICE = {"pattern": r"auto|cpu|cuda(:\d+)?", "allowed": "auto, cpu, cuda or cuda:N"}
+# --tensorboard / --mlflow (smallct.engine.tracking): where a run's curves, settings, figures and files also go
+TENSORBOARD_HELP = ("write TensorBoard event files into OUT/tensorboard (per-epoch curves per fold, settings and "
+                    "final figures in the HParams view, the PNG figures): tensorboard --logdir runs")
+OFFLINE_HELP = "never download weights: use the caches only (also SMALLCT_OFFLINE=1 or HF_HUB_OFFLINE=1)"
+MLFLOW_HELP = ("also log the run to this MLflow tracking URI (sqlite:///mlflow.db, http://HOST:5000): settings, "
+               "per-epoch figures (one nested run per fold or trial), final figures and the run's files; needs "
+               "pip install smallct[mlflow]")
 
 
 def option(default: Any = None, help: str = "", *, factory=None, **flag) -> Any:
@@ -38,7 +45,8 @@ def option(default: Any = None, help: str = "", *, factory=None, **flag) -> Any:
     ``flag`` may hold ``flag`` (the flag's name(s) when not ``--field-name``), ``metavar``,
     ``zero_is_none`` (0 means None, ``zero`` says what that is), ``cli=False`` (no flag), ``file=False`` (not
     accepted in a settings file), and what a value may be: bounds ``ge``, ``gt``, ``le``, ``lt`` of a number, or a
-    ``pattern`` of a text (``allowed`` says it in words). Every config checks its fields when it is built
+    ``pattern`` of a text (``allowed`` says it in words), ``secret=True`` (a URI whose password :func:`to_dict`
+    masks: it is written to run.json and uploaded as an artifact). Every config checks its fields when it is built
     (:func:`smallct.config.schema.validate`), so a notebook meets the same errors as the command line.
     """
     metadata = {"help": help, **flag}
@@ -128,7 +136,11 @@ class CVConfig:
     """A whole cross-validation run."""
 
     arch: str = option("resnet18", "resnet18..resnet152, any torchvision or timm model name")
-    weights: str = option("imagenet", "imagenet, none (random initialisation) or a PATH to a state dict")
+    weights: str = option("imagenet", "imagenet, none (random initialisation), a PATH to a state dict, or named "
+                                      "weights: torchvision's (IMAGENET1K_V2), timm's (resnet50.a1_in1k), "
+                                      "hf-hub:ORG/NAME or a tag registered with register_weights; downloaded into "
+                                      "the torch hub or Hugging Face cache on first use")
+    offline: bool = option(False, OFFLINE_HELP, file=False)
     task: Task | None = option(None, "default: from the data (multilabel for a prepared RSNA folder)")
     folds: int = option(5, "cross-validation folds", ge=2)
     repeats: int = option(1, "repeats of the cross-validation (other fold draws)", ge=1)
@@ -141,6 +153,8 @@ class CVConfig:
                                        cli=False, file=False)
     test_curves: bool = option(True, "evaluate the test fold after every epoch for curves.png (--no-test-curves "
                                      "saves that time, about 10%; nothing is chosen on it)")
+    tensorboard: bool = option(True, TENSORBOARD_HELP, file=False)
+    mlflow: str | None = option(None, MLFLOW_HELP, metavar="URI", file=False, secret=True)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -153,17 +167,31 @@ class CVConfig:
 CV_GROUPS = {
     "data": ["data", "labels", "id_col", "label_col", "class_names", "positive_class", "img_size", "resize", "crop",
              "group_similar", "phantom_n", "task"],
-    "model": ["arch", "weights", "freeze_epochs", "backbone_lr_mult"],
+    "model": ["arch", "weights", "offline", "freeze_epochs", "backbone_lr_mult"],
     "training": ["epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "step_size",
                  "gamma", "warmup_epochs", "flat_share", "label_smoothing", "augment", "vflip", "brightness",
                  "contrast", "gauss_noise", "salt_pepper", "erase", "mixup", "cutmix", "ema", "tta", "amp",
                  "compile"],
     "validation and run": ["folds", "repeats", "seed", "device", "threads", "workers", "out", "test_curves"],
+    "tracking": ["tensorboard", "mlflow"],
 }
 
 
+def hide_password(uri: str | None) -> str | None:
+    """``uri`` with the password of its ``user:password@`` part as ``***`` (as SQLAlchemy shows a URL)."""
+    if not uri or "://" not in uri or "@" not in uri:
+        return uri
+    scheme, rest = uri.split("://", 1)
+    end = min([i for i in map(rest.find, "/?#") if i >= 0], default=len(rest))  # the authority: user:pw@host:port
+    credentials, at, host = rest[:end].rpartition("@")
+    if not at:  # an "@" in the path or query only: no credentials
+        return uri
+    user, colon, _ = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}{rest[end:]}"
+
+
 def to_dict(cfg: Any) -> dict:
-    """A JSON-ready dict of a (nested) config dataclass."""
+    """A JSON-ready dict of a (nested) config dataclass; a ``secret`` field (the MLflow URI) without its password."""
     out = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
@@ -171,6 +199,8 @@ def to_dict(cfg: Any) -> dict:
             value = to_dict(value)
         elif isinstance(value, Path):
             value = str(value)
+        elif f.metadata.get("secret"):
+            value = hide_password(value)
         out[f.name] = value
     return out
 

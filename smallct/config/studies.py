@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from smallct.config.run import DEVICE, THREADS_HELP, CVConfig, DataConfig, TrainConfig, option, to_dict
+from smallct.config.run import (DEVICE, MLFLOW_HELP, OFFLINE_HELP, TENSORBOARD_HELP, THREADS_HELP, CVConfig,
+                                DataConfig, TrainConfig, option, to_dict)
 from smallct.config.schema import validate
 
 # Figures a nested CV can choose a candidate by (smallct.engine.nested says which way is better).
@@ -24,6 +25,15 @@ Normalization = Literal["none", "l2", "center-l2", "standardize"]
 # Fine-tuning on a handful of images (smallct.fewshot, smallct.curve): few epochs, AdamW, cosine.
 FINETUNE_DEFAULTS = TrainConfig(epochs=10, batch_size=32, optimizer="adamw", lr=1e-3, weight_decay=0.05,
                                 schedule="cosine", warmup_epochs=1, augment="affine", tta=True)
+
+
+def check_heartbeat(heartbeat_interval: int, grace_period: int) -> None:
+    """``ValueError`` unless a trial silent for ``grace_period`` seconds has missed heartbeats (every
+    ``heartbeat_interval`` seconds): a grace period that does not exceed the interval fails live trials.
+    :class:`TuneConfig` and :func:`smallct.tuning.storage.make_storage` both ask here."""
+    if grace_period <= heartbeat_interval:
+        raise ValueError(f"--grace-period {grace_period}: must exceed --heartbeat-interval {heartbeat_interval} "
+                         "(seconds), or live trials would be failed")
 
 
 def _finetune_defaults() -> TrainConfig:
@@ -64,6 +74,11 @@ class TuneConfig:
     storage: str | None = option(None, "Optuna storage: sqlite:///PATH (default OUT/optuna.db), postgresql://..., "
                                        "mysql://..., journal:PATH (several processes on one host), redis://...")
     study: str = option("smallct", "study name in the storage")
+    heartbeat_interval: int = option(60, "database storages: seconds between the heartbeats of a running trial",
+                                     ge=1)
+    grace_period: int = option(180, "database storages: seconds without a heartbeat after which a running trial "
+                                    "(of a killed worker) is marked failed and its settings run once more; more "
+                                    "than --heartbeat-interval", ge=2)
     resume: bool = option(False, "continue an existing study (error when it is missing)", flag="--resume")
     metric: Objective | None = option(None, "objective, the mean over folds (default roc_auc; weighted_log_loss for "
                                             "multi-label tasks)")
@@ -78,6 +93,7 @@ class TuneConfig:
 
     def __post_init__(self):
         validate(self)
+        check_heartbeat(self.heartbeat_interval, self.grace_period)
 
 
 @dataclass
@@ -87,6 +103,7 @@ class FewShotConfig:
     data: DataConfig = field(default_factory=DataConfig)
     arch: str = option("tf_efficientnet_lite0", "backbone; any torchvision or timm name")
     weights: str = option("imagenet", "imagenet, none (random initialisation) or a PATH")
+    offline: bool = option(False, OFFLINE_HELP, file=False)
     shots: list[int] = option(factory=lambda: [1, 5, 10, 20], help="labelled images per class, e.g. 1,5,10,20",
                               ge=1)
     episodes: int = option(100, "episodes per k for proto, linear, knn, labelprop", ge=1)
@@ -124,6 +141,7 @@ class CurveConfig:
     arch: str = option("tf_efficientnet_lite0", "backbone; any torchvision or timm name")
     weights: list[str] = option(factory=lambda: ["imagenet", "none"],
                                 help="comma-separated weight sources to compare: imagenet, none, PATH")
+    offline: bool = option(False, OFFLINE_HELP, file=False)
     sizes: list[int] = option(factory=lambda: [10, 20, 40, 80, 160], help="training images per fold, e.g. "
                                                                           "10,20,40,80,160", ge=1)
     methods: list[str] = option(factory=lambda: ["probe"], flag=("--method", "--methods"),
@@ -143,6 +161,8 @@ class CurveConfig:
     device: str = option("auto", "auto, cpu or cuda", **DEVICE)
     threads: int | None = option(None, THREADS_HELP, ge=1, file=False)
     out: Path = option(Path("runs/curve"), "output folder", file=False)
+    tensorboard: bool = option(True, TENSORBOARD_HELP.replace("per-epoch curves per fold, ", ""), file=False)
+    mlflow: str | None = option(None, MLFLOW_HELP, metavar="URI", file=False, secret=True)
 
     def __post_init__(self):
         validate(self)

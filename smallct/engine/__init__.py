@@ -3,7 +3,7 @@
 ``train``: :func:`fit`, :func:`predict_proba`, :func:`resolve_device`; ``run_folder``: :class:`RunFolder`
 (names, writes and reads every file of a run), :func:`load_run`, :func:`load_fold_model`; ``results``:
 the run's tables and pooled figures; ``estimate``: durations; ``cv``: :func:`run_cv`; ``nested``:
-:func:`run_nested`.
+:func:`run_nested`; ``tracking``: :class:`Tracker` (TensorBoard and MLflow).
 """
 
 from smallct._lazy import exports
@@ -15,6 +15,7 @@ __all__, __getattr__, __dir__ = exports(__name__, {
     "smallct.engine.results": ["aggregate_results", "format_table", "oof_table"],
     "smallct.engine.run_folder": ["Checkpoint", "Run", "RunFolder", "fold_name", "load_fold_model", "load_run",
         "parse_fold_name", "run_record"],
+    "smallct.engine.tracking": ["Tracker", "finish_cv", "result_metrics"],
     "smallct.engine.train": ["fit", "lr_factor", "make_optimizer", "predict_proba", "resolve_device",
         "time_training_step"],
 })

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from smallct.config.run import CVConfig
+from smallct.config.schema import flat
 from smallct.data.cache import load_images
 from smallct.data.folds import Folds, make_folds
 from smallct.datasets.classes import class_note
@@ -27,6 +28,7 @@ from smallct.datasets.folder import Dataset, load_data
 from smallct.engine import results as tables
 from smallct.engine.estimate import estimate_seconds, fmt_duration, slow_on_cpu
 from smallct.engine.run_folder import RunFolder, fold_name, run_record
+from smallct.engine.tracking import Tracker, finish_cv
 from smallct.engine.train import fit, predict_proba, resolve_device, with_threads
 from smallct.evaluation import plots
 from smallct.models.factory import create_model
@@ -82,18 +84,21 @@ def folds_of(cfg: CVConfig, dataset: Dataset, progress: bool = True, log=print) 
 
 @with_threads()
 def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True, log=print,
-           on_epoch=None, estimate: bool = True, images: torch.Tensor | None = None) -> CVResult:
+           on_epoch=None, estimate: bool = True, images: torch.Tensor | None = None,
+           parent: Tracker | None = None) -> CVResult:
     """Run (or resume) a cross-validation and write the run folder ``cfg.out``.
 
     ``on_epoch(repeat, fold, record)`` is called after every epoch (a tuner reports to its pruner
     there). ``estimate=False`` skips the timed steps of the duration estimate (a tuner's trials).
     ``images`` (N, 3, S, S) uint8 are ``dataset``'s images already decoded as ``cfg.data`` says
     (smallct.nested passes slices of its own); by default they are decoded (and cached) here.
+    The run is tracked as ``cfg.tensorboard`` and ``cfg.mlflow`` say (:mod:`smallct.engine.tracking`); its MLflow
+    run is nested under ``parent``'s (a study's, a nested CV's).
     Every input (data, weights, device, images, folds) is checked before anything is written under
     ``cfg.out``; torch runs at ``cfg.threads`` threads. Returns a :class:`CVResult`.
     """
     dataset = dataset if dataset is not None else load_data(cfg.data, cfg.seed, log)  # first: no data, no run
-    source = resolve_weights(cfg.arch, cfg.weights)  # then: no weights, no run
+    source = resolve_weights(cfg.arch, cfg.weights, offline=cfg.offline)  # then: no weights, no run
     check_task(cfg, dataset)
     device = resolve_device(cfg.device)
     img_size = cfg.data.img_size or source.input_size
@@ -107,6 +112,7 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
     record = run_record(cfg, dataset, source, img_size, folds, device=device)
     if folder.is_nested():  # its results.json and oof.csv carry more than a cv run's
         raise ValueError(f"{folder.path}: holds a smallct.nested run; use another --out")
+    tracker = Tracker.for_run(cfg, folder, parent)  # MLflow asked for but not installed: stops here
     folder.start(record, resuming=folder.check_resume(record))
     job = FoldJob(cfg, dataset, source, img_size, images, device, folder, progress)
     todo = [(r, k) for r in range(cfg.repeats) for k in range(cfg.folds) if not folder.is_done(r, k)]
@@ -122,10 +128,15 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
         log_estimate(job, len(todo), log)
 
     start = time.perf_counter()
-    for r, k in todo:
-        train_fold(job, r, k, np.flatnonzero(folds.assignment[r] != k), np.flatnonzero(folds.assignment[r] == k),
-                   on_epoch)
-    return finish_run(folder, dataset, cfg, log=log, seconds=time.perf_counter() - start)
+    with tracker:
+        tracker.start(flat(cfg))
+        for r, k in todo:
+            train, test = np.flatnonzero(folds.assignment[r] != k), np.flatnonzero(folds.assignment[r] == k)
+            train_fold(job, r, k, train, test, tracker.on_epoch(on_epoch))
+            tracker.end_fold(fold_name(r, k))
+        result = finish_run(folder, dataset, cfg, log=log, seconds=time.perf_counter() - start)
+        finish_cv(tracker, result.results, folder)
+    return result
 
 
 def log_estimate(job: FoldJob, n_fits: int, log=print) -> None:
@@ -189,13 +200,9 @@ def finish_run(folder: RunFolder, dataset: Dataset, cfg: CVConfig, log=print, se
     results["seconds_this_session"] = seconds
     results["seconds_all_folds"] = float(sum(f["seconds"] for f in folds))
     folder.write_results(results)
-    if len(history):
-        plots.curves_plot(history, folder.curves_png)
-    if dataset.task != "multilabel":
-        if len(dataset.class_names) == 2:
-            plots.roc_plot(oof, folder.roc_png, positive_class=dataset.positive_class)
-        plots.confusion_plot(oof["label"].to_numpy(), oof["pred"].to_numpy(), dataset.class_names,
-                             folder.confusion_png)
+    pngs = {"curves": folder.curves_png, "roc": folder.roc_png, "confusion": folder.confusion_png}
+    for name, figure in plots.run_figures(results, oof, history).items():
+        plots.save_figure(figure, pngs[name])
     log(tables.format_table(results))
     log(f"run folder: {folder.path}")
     return CVResult(folder.path, results, oof, history)

@@ -39,15 +39,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from smallct.progress import tqdm
 
 from smallct.config.run import CVConfig, to_dict
+from smallct.config.schema import flat
 from smallct.config.studies import NestedConfig
 from smallct.data.cache import load_images
 from smallct.datasets.folder import Dataset, load_data
 from smallct.engine.cv import CVResult, FoldJob, check_task, finish_run, folds_of, run_cv, train_fold, write_fold
 from smallct.engine.estimate import estimate_seconds, fmt_duration
-from smallct.engine.run_folder import SETTINGS_THAT_CHANGE_RESULTS, RunFolder, load_fold_model, load_run, run_record
+from smallct.engine.run_folder import (SETTINGS_THAT_CHANGE_RESULTS, RunFolder, fold_name, load_fold_model, load_run,
+                                      run_record)
+from smallct.engine.tracking import Tracker, finish_cv
 from smallct.engine.train import predict_proba, resolve_device, with_threads
 from smallct.evaluation.intervals import Units, pooled_figures
 from smallct.evaluation.metrics import binary_metrics, choose_threshold, summarize_folds
@@ -137,7 +140,7 @@ def estimate_nested_seconds(cfg: NestedConfig, dataset: Dataset, todo: list[tupl
     for name, c in cfg.candidates.items():
         inner_fits = sum(cfg.inner_folds - RunFolder(_inner_config(cfg, name, r, k).out).count_done()
                          for r, k in todo)
-        source = resolve_weights(c.arch, c.weights)
+        source = resolve_weights(c.arch, c.weights, offline=c.offline)
         model = create_model(c.arch, len(dataset.class_names), source)
         images = images_for(name)
         inner, _ = estimate_seconds(model, images, dataset.labels, _inner_config(cfg, name, 0, 0), source,
@@ -160,7 +163,8 @@ def run_nested(cfg: NestedConfig, dataset: Dataset | None = None, progress: bool
     check_config(cfg)
     outer_cfg = _outer_config(cfg)
     dataset = dataset if dataset is not None else load_data(outer_cfg.data, outer_cfg.seed, log)  # no data, no run
-    sources = {n: resolve_weights(c.arch, c.weights) for n, c in cfg.candidates.items()}  # no weights, no run
+    sources = {n: resolve_weights(c.arch, c.weights, offline=c.offline)  # no weights, no run
+               for n, c in cfg.candidates.items()}
     check_task(outer_cfg, dataset)
     _check_select(cfg, dataset)
     device = resolve_device(outer_cfg.device)
@@ -182,29 +186,37 @@ def run_nested(cfg: NestedConfig, dataset: Dataset | None = None, progress: bool
     record = run_record(outer_cfg, dataset, sources[first], sizes[first], folds, device=device)
     record["nested"] = _record(cfg)
     restart = _check_resume(folder, record["nested"])
+    tracker = Tracker.for_run(outer_cfg, folder)  # the outer run; the inner runs are nested under it (MLflow)
     folder.start(record, resuming=not restart and folder.check_resume(record), nested=record["nested"])
     todo = [(r, k) for r in range(cfg.repeats) for k in range(cfg.folds) if not folder.is_done(r, k)]
     _log_start(cfg, dataset, todo, device, images_for, log)
 
     inner_log = _append_to(folder.inner_log)
     start = time.perf_counter()
-    for r, k in tqdm(todo, desc="outer folds", unit="fold", disable=not progress):
-        test, train = np.flatnonzero(folds.assignment[r] == k), np.flatnonzero(folds.assignment[r] != k)
-        choice = choose_candidate(cfg, dataset.subset(train), r, k, progress, inner_log,
-                                  images=lambda name: images_for(name)[train])
-        name = choice["candidate"]
-        log(_choice_line(cfg, folder, r, k, choice))
-        if cfg.refit:
-            c = replace(cfg.candidates[name], out=folder.path, folds=cfg.folds, repeats=cfg.repeats, seed=cfg.seed)
-            job = FoldJob(c, dataset, sources[name], sizes[name], images_for(name), device, folder, progress)
-            train_fold(job, r, k, train, test, extra={"nested": choice})
-        else:  # the winner's inner fold models, averaged: a cross-fitted ensemble, no further fit
-            fold_start = time.perf_counter()
-            probs = inner_ensemble_proba(_inner_config(cfg, name, r, k).out, images_for(name)[test], device)
-            write_fold(folder, dataset, r, k, test, probs, [], time.perf_counter() - fold_start,
-                       extra={"nested": choice})
-    result = finish_run(folder, dataset, outer_cfg, log=log, seconds=time.perf_counter() - start)
-    return add_nested_results(result, dataset, cfg, log)
+    with tracker:
+        tracker.start({**flat(outer_cfg), **{k: v for k, v in flat(cfg).items() if k != "candidates"},
+                       "candidates": ",".join(cfg.candidates)})
+        for r, k in tqdm(todo, desc="outer folds", unit="fold", disable=not progress):
+            test, train = np.flatnonzero(folds.assignment[r] == k), np.flatnonzero(folds.assignment[r] != k)
+            choice = choose_candidate(cfg, dataset.subset(train), r, k, progress, inner_log,
+                                      images=lambda name: images_for(name)[train], parent=tracker)
+            name = choice["candidate"]
+            log(_choice_line(cfg, folder, r, k, choice))
+            if cfg.refit:
+                c = replace(cfg.candidates[name], out=folder.path, folds=cfg.folds, repeats=cfg.repeats,
+                            seed=cfg.seed)
+                job = FoldJob(c, dataset, sources[name], sizes[name], images_for(name), device, folder, progress)
+                train_fold(job, r, k, train, test, tracker.on_epoch(), extra={"nested": choice})
+                tracker.end_fold(fold_name(r, k))
+            else:  # the winner's inner fold models, averaged: a cross-fitted ensemble, no further fit
+                fold_start = time.perf_counter()
+                probs = inner_ensemble_proba(_inner_config(cfg, name, r, k).out, images_for(name)[test], device)
+                write_fold(folder, dataset, r, k, test, probs, [], time.perf_counter() - fold_start,
+                           extra={"nested": choice})
+        result = finish_run(folder, dataset, outer_cfg, log=log, seconds=time.perf_counter() - start)
+        result = add_nested_results(result, dataset, cfg, log)
+        finish_cv(tracker, result.results, folder)
+    return result
 
 
 def _check_select(cfg: NestedConfig, dataset: Dataset) -> None:
@@ -256,11 +268,12 @@ def _append_to(path: Path):
 
 
 def choose_candidate(cfg: NestedConfig, train_part: Dataset, r: int, k: int, progress: bool = True,
-                     log=print, images=None) -> dict:
+                     log=print, images=None, parent: Tracker | None = None) -> dict:
     """Cross-validate every candidate on one outer training part; the winner and, for binary tasks, its threshold.
 
     ``images(name)``, when given, returns the training part's images decoded for that candidate (else
-    each inner run decodes them).
+    each inner run decodes them). The inner runs are tracked as their settings say, nested under ``parent``
+    (MLflow).
 
     Returns ``{"candidate", "inner_scores": {name: figure}, "failed": {name: reason}}``, and for a binary
     task ``threshold`` and ``inner_accuracy_at_threshold`` (the winner's inner pooled accuracy there).
@@ -271,7 +284,7 @@ def choose_candidate(cfg: NestedConfig, train_part: Dataset, r: int, k: int, pro
     for name in cfg.candidates:
         try:
             inner = run_cv(_inner_config(cfg, name, r, k), dataset=train_part, progress=progress, log=log,
-                           estimate=False, images=None if images is None else images(name))
+                           estimate=False, images=None if images is None else images(name), parent=parent)
         except FAILURES as err:  # a diverging candidate loses this fold's choice, the others go on
             failed[name] = f"{type(err).__name__}: {err}"
             log(f"candidate {name}, outer fold r{r} f{k}: inner run failed ({failed[name]})")

@@ -10,7 +10,7 @@ A cross-validation run (``smallct.cv``, ``smallct.nested``, each trial of ``smal
 ``oof.csv``       out-of-fold predictions: id, label(s), prob(s), pred, fold, repeat
 ``history.csv``   per-epoch train and test-fold loss/accuracy, with ``curves.png``
 ``results.json``  per-fold metrics, mean and std over folds, pooled out-of-fold metrics with 95% CI
-``roc.png``, ``confusion.png``
+``roc.png``, ``confusion.png``; ``tensorboard/`` event files (:mod:`smallct.engine.tracking`), one subfolder per fold
 ``inner/r{repeat}_f{fold}/{candidate}/``  a nested run's inner runs (run folders themselves)
 
 :class:`RunFolder` holds these names (as MONAI's ``FolderLayout`` does); nothing else builds a path into a
@@ -96,6 +96,7 @@ class RunFolder:
     curves_png = property(lambda self: self.path / "curves.png")
     roc_png = property(lambda self: self.path / "roc.png")
     confusion_png = property(lambda self: self.path / "confusion.png")
+    tensorboard_dir = property(lambda self: self.path / "tensorboard")
 
     def fold_file(self, repeat: int, fold: int) -> Path:
         return self.folds_dir / f"{fold_name(repeat, fold)}.json"

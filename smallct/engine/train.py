@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from smallct.progress import tqdm
 
 from smallct.config.run import TrainConfig
 from smallct.data.augmentations import PER_IMAGE, Mix, augment_batch, mix_batch

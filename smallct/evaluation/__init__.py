@@ -13,5 +13,6 @@ __all__, __getattr__, __dir__ = exports(__name__, {
     "smallct.evaluation.metrics": ["binary_metrics", "choose_threshold", "classification_metrics",
         "multiclass_metrics", "roc_auc", "summarize_folds"],
     "smallct.evaluation.multilabel": ["f1_at_half", "multilabel_metrics", "per_label_auc", "weighted_log_loss"],
-    "smallct.evaluation.plots": ["confusion_plot", "curves_plot", "interval_plot", "roc_plot"],
+    "smallct.evaluation.plots": ["confusion_plot", "curves_plot", "interval_plot", "roc_plot", "run_figures",
+        "save_figure"],
 })

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from smallct.progress import tqdm
 
 from smallct.config.studies import Pooling
 from smallct.data.transforms import normalize
@@ -111,7 +111,7 @@ def embedding_key(files: list[Path], source: WeightSource, img_size: int, resize
 def load_embeddings(files: list[Path], arch: str, weights: str = "imagenet", img_size: int | None = None,
                     resize: str = "pad", crop: bool = True, pool: str = "avg", flip: bool = False, seed: int = 0,
                     cache: Path | bool | None = None, device: torch.device | None = None,
-                    progress: bool = True, log=None) -> np.ndarray:
+                    progress: bool = True, log=None, offline: bool = False) -> np.ndarray:
     """Embeddings (N, D) float32 of image ``files`` by the frozen ``arch`` with ``weights``, through the cache.
 
     Parameters
@@ -124,8 +124,9 @@ def load_embeddings(files: list[Path], arch: str, weights: str = "imagenet", img
     flip : average with the embedding of the left-right mirror.
     seed : seeds the random initialisation when ``weights`` is ``none``.
     cache : a folder, ``None`` for :func:`smallct.io.files.cache_dir`, ``False`` for no disk cache.
+    offline : forbid downloading the weights (as for :func:`smallct.models.weights.resolve_weights`).
     """
-    source = resolve_weights(arch, weights)
+    source = resolve_weights(arch, weights, offline=offline)
     img_size = img_size or source.input_size
     files = [Path(f) for f in files]
     folder = None if cache is False else (Path(cache) if cache is not None else cache_dir())

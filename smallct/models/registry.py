@@ -6,12 +6,27 @@ layer that a new task replaces, and which module gives the last spatial feature 
 Grad-CAM). ``resnet18`` ... ``resnet152`` and the EfficientNet-Lite0/1/2 are registered by name; any
 other torchvision classification model or timm model name gets an entry on first use
 (:func:`get_architecture`), with the generic rules below.
+
+Weights of one's own (a lab's ImageNet or CT pre-training, a mirror) are registered by URL and SHA-256, with
+the input contract they were trained with, and then named like any other weights (``weights="TAG"`` in a config,
+``--weights TAG`` in a script that registers them and then calls ``smallct.cv.main``)::
+
+    from smallct.models.registry import UrlWeights, register_weights
+
+    register_weights("resnet18", "lab_ct_v1", UrlWeights(
+        url="https://files.example.org/resnet18_ct_v1.pth", sha256="<64 hex digits>",
+        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), input_size=224))
+
+:func:`smallct.models.weights.resolve_weights` downloads such a file once into the torch hub cache
+(``$TORCH_HOME/hub/checkpoints``), checking its full SHA-256, and reads it from there afterwards.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Callable
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -29,6 +44,36 @@ class PackagedWeights:
     std: tuple[float, float, float]
     input_size: int
     pip_name: str
+
+
+@dataclass(frozen=True)
+class UrlWeights:
+    """Weights at a URL, with the SHA-256 of the file and the input contract they were trained with.
+
+    ``file_name`` (default: the URL's last part) is the file's name in the torch hub cache.
+    """
+
+    url: str
+    sha256: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: int
+    file_name: str | None = None
+    description: str = ""
+
+    def __post_init__(self):
+        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256):
+            raise ValueError(f"sha256 {self.sha256!r}: expected the 64 lower-case hex digits of the file's SHA-256 "
+                             f"(sha256sum FILE)")
+
+    @property
+    def name(self) -> str:
+        return self.file_name or url_file_name(self.url)
+
+
+def url_file_name(url: str) -> str:
+    """The file name in a URL (its path's last part): the name of its file in the torch hub cache."""
+    return PurePosixPath(urlparse(url).path).name
 
 
 def head_module(model: nn.Module) -> nn.Module:
@@ -156,6 +201,17 @@ ARCHITECTURES: dict[str, Architecture] = {}
 def register(arch: Architecture) -> Architecture:
     ARCHITECTURES[arch.name] = arch
     return arch
+
+
+# Weights named by a tag, by architecture name and tag: URL_WEIGHTS["resnet18"]["lab_ct_v1"].
+URL_WEIGHTS: dict[str, dict[str, UrlWeights]] = {}
+
+
+def register_weights(arch: str, tag: str, weights: UrlWeights) -> UrlWeights:
+    """Name ``weights`` ``tag`` for ``arch``: ``--arch ARCH --weights TAG`` then downloads and checks them
+    (a tag ``imagenet`` takes the place of the default ImageNet weights)."""
+    URL_WEIGHTS.setdefault(arch, {})[tag] = weights
+    return weights
 
 
 def is_torchvision_arch(name: str) -> bool:

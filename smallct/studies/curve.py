@@ -30,22 +30,25 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
-from tqdm.auto import tqdm
+from smallct.progress import tqdm
 
 from smallct.config.run import to_dict
+from smallct.config.schema import flat
 from smallct.config.studies import CurveConfig
 from smallct.data.cache import load_images
 from smallct.data.folds import Folds, make_folds
 from smallct.datasets.folder import Dataset, load_data
 from smallct.engine.estimate import fmt_duration
+from smallct.engine.run_folder import RunFolder
+from smallct.engine.tracking import Tracker
 from smallct.engine.train import resolve_device, with_threads
-from smallct.evaluation.plots import interval_plot
+from smallct.evaluation.plots import interval_plot, save_figure
 from smallct.io.files import atomic_csv, atomic_json
 from smallct.models.embeddings import POOLINGS, load_embeddings
 from smallct.models.weights import WeightSource, resolve_weights
 from smallct.studies.finetune import finetune_fit_seconds, finetune_predict, seconds_per_image
 from smallct.studies.methods import NORMALIZATIONS, linear_probe, normalize_embeddings
-from smallct.studies.summary import episode_figures, format_summary, summarize_episodes
+from smallct.studies.summary import SUMMARY_METRICS, episode_figures, format_summary, summarize_episodes
 
 CURVE_METHODS = ("probe", "finetune")
 
@@ -121,7 +124,8 @@ def probe_fits(cfg: CurveConfig, dataset: Dataset, weights: str, source: WeightS
     labels, n_classes = np.asarray(dataset.labels), len(dataset.class_names)
     img_size = cfg.data.img_size or source.input_size
     z = load_embeddings(dataset.files, cfg.arch, weights, img_size, cfg.data.resize, cfg.data.crop, pool=cfg.pool,
-                        flip=cfg.flip, seed=cfg.seed, device=device, progress=progress, log=log)
+                        flip=cfg.flip, seed=cfg.seed, device=device, progress=progress, log=log,
+                        offline=cfg.offline)
     z = normalize_embeddings(z, cfg.normalize)
     return [_row(weights, "probe", n, r, k, labels[test], linear_probe(z[sub], labels[sub], z[test], n_classes,
                                                                         C=cfg.C), len(sub))
@@ -154,7 +158,8 @@ def run_curve(cfg: CurveConfig, dataset: Dataset | None = None, progress: bool =
     write the outputs to ``cfg.out``."""
     check_config(cfg)
     dataset = dataset if dataset is not None else load_data(cfg.data, cfg.seed, log)  # first: no data, no run
-    sources = {w: resolve_weights(cfg.arch, w) for w in cfg.weights}  # then: no weights, no run
+    sources = {w: resolve_weights(cfg.arch, w, offline=cfg.offline)  # then: no weights, no run
+               for w in cfg.weights}
     labels = np.asarray(dataset.labels)
     if labels.ndim != 1:
         raise ValueError("learning curves need one class per image (binary or multi-class), not multi-label")
@@ -165,6 +170,8 @@ def run_curve(cfg: CurveConfig, dataset: Dataset | None = None, progress: bool =
         log(note)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
+    tracker = Tracker.open(RunFolder(out).tensorboard_dir if cfg.tensorboard else None, cfg.mlflow,
+                           f"curve {out.name}")  # MLflow asked for but not installed: stops here
     out.mkdir(parents=True, exist_ok=True)
     log(f"smallct.curve: {cfg.arch}, weights {','.join(cfg.weights)}, methods {','.join(cfg.methods)}, sizes "
         f"{','.join(map(str, cfg.sizes))}, {cfg.folds} folds x {cfg.repeats} repeats, {len(dataset)} images")
@@ -182,11 +189,26 @@ def run_curve(cfg: CurveConfig, dataset: Dataset | None = None, progress: bool =
     atomic_csv(out / "curve_folds.csv", per_fit)
     atomic_csv(out / "curve.csv", summary)
     atomic_json(out / "curve.json", curve_record(cfg, dataset, sources, summary, folds))
-    interval_plot(summary, "n", "series", out / "curve.png", "training images per fold (n, log scale)",
-                  f"learning curve: {cfg.arch}, {cfg.folds}-fold CV x {cfg.repeats}", logx=True)
+    save_figure(interval_plot(summary, "n", "series", "training images per fold (n, log scale)",
+                              f"learning curve: {cfg.arch}, {cfg.folds}-fold CV x {cfg.repeats}", logx=True),
+                out / "curve.png")
+    track_curve(tracker, cfg, summary, out)
     log(format_summary(summary, ("series", "n")))
     log(f"outputs: {out}")
     return CurveResult(out, summary, per_fit)
+
+
+def track_curve(tracker: Tracker, cfg: CurveConfig, summary: pd.DataFrame, out: Path) -> None:
+    """The curve in TensorBoard and MLflow: per series (``probe_imagenet``), each figure's mean and 95% interval
+    bounds against n (the step: ``accuracy/probe_imagenet``), then curve.png and the output files."""
+    with tracker:
+        tracker.start(flat(cfg))
+        for row in summary.to_dict(orient="records"):
+            series = str(row["series"]).replace(" / ", "_")
+            tracker.scalars({f"{m}{part}/{series}": row[f"{m}_{column}"] for m in SUMMARY_METRICS
+                             for part, column in (("", "mean"), ("_ci95_low", "ci_low"), ("_ci95_high", "ci_high"))},
+                            step=int(row["n"]))
+        tracker.finish({}, [out / "curve.png"], out)
 
 
 def curve_record(cfg: CurveConfig, dataset: Dataset, sources: dict, summary: pd.DataFrame, folds: Folds) -> dict:

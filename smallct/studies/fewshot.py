@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from smallct.progress import tqdm
 
 from smallct.config.run import to_dict
 from smallct.config.studies import FewShotConfig
@@ -48,7 +48,7 @@ from smallct.data.similar import Grouping, near_duplicate_groups
 from smallct.datasets.folder import Dataset, load_data
 from smallct.engine.estimate import fmt_duration
 from smallct.engine.train import resolve_device, with_threads
-from smallct.evaluation.plots import interval_plot
+from smallct.evaluation.plots import interval_plot, save_figure
 from smallct.io.files import atomic_csv, atomic_json
 from smallct.models.embeddings import POOLINGS, load_embeddings
 from smallct.models.weights import WeightSource, resolve_weights
@@ -180,7 +180,8 @@ def embedding_episodes(cfg: FewShotConfig, dataset: Dataset, draws: list, img_si
     methods = [m for m in cfg.methods if m in EMBEDDING_METHODS]
     labels, n_classes = np.asarray(dataset.labels), len(dataset.class_names)
     z = load_embeddings(dataset.files, cfg.arch, cfg.weights, img_size, cfg.data.resize, cfg.data.crop,
-                        pool=cfg.pool, flip=cfg.flip, seed=cfg.seed, device=device, progress=progress, log=log)
+                        pool=cfg.pool, flip=cfg.flip, seed=cfg.seed, device=device, progress=progress, log=log,
+                        offline=cfg.offline)
     fitted = "" if cfg.normalize in ("none", "l2") else (" (fitted on each episode's support; on support and "
                                                          "query, no labels, for the transductive methods)")
     log(f"embeddings: {z.shape[1]} features per image at {img_size} px (cached), normalize {cfg.normalize}{fitted}")
@@ -224,7 +225,7 @@ def run_fewshot(cfg: FewShotConfig, dataset: Dataset | None = None, progress: bo
     :func:`smallct.data.similar.near_duplicate_groups` with ``cfg.data``'s group_similar)."""
     check_config(cfg)
     dataset = dataset if dataset is not None else load_data(cfg.data, cfg.seed, log)  # first: no data, no run
-    source = resolve_weights(cfg.arch, cfg.weights)  # then: no weights, no run
+    source = resolve_weights(cfg.arch, cfg.weights, offline=cfg.offline)  # then: no weights, no run
     if grouping is None:
         grouping = near_duplicate_groups(dataset, cfg.data.group_similar, progress=progress, log=log)
     check_shots(dataset.labels, cfg.shots, grouping.groups)
@@ -249,8 +250,8 @@ def run_fewshot(cfg: FewShotConfig, dataset: Dataset | None = None, progress: bo
     atomic_csv(out / "episode_ids.csv", episode_table(draws, dataset.ids))
     atomic_csv(out / "fewshot.csv", summary)
     atomic_json(out / "fewshot.json", fewshot_record(cfg, dataset, source, img_size, summary, grouping, draws))
-    interval_plot(summary, "shots", "method", out / "fewshot.png", "labelled images per class (k)",
-                  f"few-shot: {cfg.arch}, weights {cfg.weights}")
+    save_figure(interval_plot(summary, "shots", "method", "labelled images per class (k)",
+                              f"few-shot: {cfg.arch}, weights {cfg.weights}"), out / "fewshot.png")
     log(format_summary(summary))
     if summary["transductive"].any():
         log(f"transductive (also use the unlabelled query images, never their labels): "

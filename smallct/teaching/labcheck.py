@@ -73,7 +73,8 @@ def out_dir(name: str) -> Path:
 
 
 def pretrained_or_none(arch: str, log=print) -> str:
-    """``"imagenet"`` when ImageNet weights of ``arch`` are on this machine, else ``"none"``, saying why.
+    """``"imagenet"`` when ImageNet weights of ``arch`` are on this machine (or downloaded now, on first use), else
+    ``"none"``, saying why.
 
     The library itself never falls back to random weights; a tutorial may, as long as it says so.
     """
@@ -83,7 +84,7 @@ def pretrained_or_none(arch: str, log=print) -> str:
         log(f"weights: {err}\n-> this notebook trains {arch} from random initialisation (weights='none'); "
             "its figures are then not those of transfer learning")
         return "none"
-    log(f"weights: ImageNet weights of {arch} found")
+    log(f"weights: ImageNet weights of {arch} ready")
     return "imagenet"
 
 

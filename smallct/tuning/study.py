@@ -43,21 +43,22 @@ import numpy as np
 import optuna
 import torch
 from optuna.trial import TrialState
-from tqdm.auto import tqdm
+from smallct.progress import tqdm
 
 from smallct.config.run import CVConfig
-from smallct.config.schema import build
+from smallct.config.schema import build, flat
 from smallct.config.studies import TuneConfig
 from smallct.data.cache import load_images
 from smallct.datasets.folder import Dataset, load_data
 from smallct.engine.cv import check_task, folds_of, run_cv
 from smallct.engine.run_folder import RunFolder, fold_name
+from smallct.engine.tracking import Tracker
 from smallct.engine.train import resolve_device, with_threads
 from smallct.io.files import atomic_json
 from smallct.models.weights import resolve_weights
 from smallct.tuning.report import write_report
 from smallct.tuning.space import cv_settings, default_space, describe_space, parse_space, suggest
-from smallct.tuning.storage import default_storage, make_storage, masked
+from smallct.tuning.storage import create_or_load, default_storage, make_storage, masked
 
 # Objective -> (direction, column of the per-epoch record the pruner follows); the keys are the choices of
 # --metric (smallct.config.studies.Objective).
@@ -111,7 +112,7 @@ def check_inputs(cfg: TuneConfig, dataset: Dataset, progress: bool = True, log=p
     fixed size into the cache, which the trials then read)."""
     base = cfg.base
     check_task(base, dataset)
-    source = resolve_weights(base.arch, base.weights)
+    source = resolve_weights(base.arch, base.weights, offline=base.offline)
     resolve_device(base.device)
     folds_of(base, dataset, progress, log)
     load_images(dataset.files, base.data.img_size or source.input_size, base.data.resize, base.data.crop,
@@ -158,7 +159,7 @@ def open_study(cfg: TuneConfig, dataset: Dataset, log=print) -> optuna.Study:
     out.mkdir(parents=True, exist_ok=True)
     url = cfg.storage or default_storage(out)
     here = {"study": cfg.study, "storage": masked(url)}
-    storage = make_storage(url)
+    storage = make_storage(url, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
     exists = cfg.study in optuna.get_all_study_names(storage)
     if cfg.resume and not exists:
         raise ValueError(f"--resume: {here['storage']} holds no study named {cfg.study} "
@@ -171,8 +172,9 @@ def open_study(cfg: TuneConfig, dataset: Dataset, log=print) -> optuna.Study:
     n_before = len(optuna.load_study(study_name=cfg.study, storage=storage).trials) if exists else 0
     sampler = optuna.samplers.TPESampler(n_startup_trials=cfg.startup_trials,
                                          seed=_sampler_seed(base.seed, n_before, cfg.worker))
-    study = optuna.create_study(storage=storage, study_name=cfg.study, direction=direction, sampler=sampler,
-                                pruner=_pruner(cfg, steps), load_if_exists=True)
+    # workers on several machines may all start here on a fresh database: created once, retried on that race
+    study = create_or_load(url, storage=storage, study_name=cfg.study, direction=direction, sampler=sampler,
+                           pruner=_pruner(cfg, steps))
     if study.direction.name.lower() != direction:
         raise ValueError(f"study {cfg.study}: it is {study.direction.name.lower()}d, but --metric {metric} is "
                          f"{direction}d; use another --study")
@@ -224,8 +226,9 @@ def _record_folds(trial: optuna.Trial, run: RunFolder, metric: str) -> list[floa
     return values
 
 
-def make_objective(cfg: TuneConfig, dataset: Dataset, space: dict, metric: str):
-    """The objective: one cross-validation with the trial's settings; returns the mean over folds."""
+def make_objective(cfg: TuneConfig, dataset: Dataset, space: dict, metric: str, parent: Tracker | None = None):
+    """The objective: one cross-validation with the trial's settings; returns the mean over folds. Each trial's run
+    is tracked in its own run folder (TensorBoard) and as a nested run of ``parent``'s (MLflow)."""
     out = Path(cfg.base.out)
 
     def objective(trial: optuna.Trial) -> float:
@@ -244,7 +247,7 @@ def make_objective(cfg: TuneConfig, dataset: Dataset, space: dict, metric: str):
         start = time.perf_counter()
         try:
             result = run_cv(run_cfg, dataset=dataset, progress=False, log=lambda *a, **k: None,
-                            on_epoch=reporter, estimate=False)
+                            on_epoch=reporter, estimate=False, parent=parent)
         except FAILURES as err:
             trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
             raise
@@ -304,24 +307,34 @@ def run_study(cfg: TuneConfig, dataset: Dataset | None = None, progress: bool = 
     raw = cfg.space if cfg.space is not None else default_space(base.train.epochs)
     space = {k: v for k, v in parse_space(raw).items() if v is not None}  # typed like the cv settings
     metric = choose_metric(cfg.metric, dataset.task)
+    # MLflow: the study is one run, each trial a nested one; TensorBoard: each trial's run folder has its own
+    tracker = Tracker.open(None, base.mlflow, f"tune {cfg.study}", offline=base.offline)
     study = open_study(dataclasses.replace(cfg, space=space), dataset, log)
     todo = cfg.trials - _finished(study)
     log(f"smallct.tune: study {cfg.study} in {masked(cfg.storage or default_storage(base.out))}: "
         f"{len(study.trials)} trials so far, {max(todo, 0)} to run; objective: mean over {base.folds} folds "
         f"x {base.repeats} repeats of {metric} ({study.direction.name.lower()}), {cfg.pruner} pruner")
     log(describe_space(space))
-    if todo > 0:
-        bar = tqdm(total=todo, desc=f"study {cfg.study}", unit="trial", disable=not progress)
+    with tracker:
+        tracker.start({**{k: v for k, v in flat(cfg).items() if k != "space"},
+                       "storage": masked(cfg.storage or default_storage(base.out))})  # no password
+        if todo > 0:
+            bar = tqdm(total=todo, desc=f"study {cfg.study}", unit="trial", disable=not progress)
 
-        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            bar.update()
-            tqdm.write(trial_line(study, trial, metric), file=sys.stdout)
+            def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+                bar.update()
+                tqdm.write(trial_line(study, trial, metric), file=sys.stdout)
+                if trial.state == TrialState.COMPLETE:
+                    tracker.scalars({"objective": trial.value}, step=trial.number)
 
-        study.optimize(make_objective(cfg, dataset, space, metric), n_trials=todo, timeout=cfg.timeout,
-                       catch=FAILURES, gc_after_trial=True,
-                       callbacks=[optuna.study.MaxTrialsCallback(cfg.trials, (TrialState.COMPLETE, TrialState.PRUNED)),
-                                  after_trial])
-        bar.close()
-    if cfg.report:
-        write_report(study, cfg, metric, log=log)
+            study.optimize(make_objective(cfg, dataset, space, metric, tracker), n_trials=todo, timeout=cfg.timeout,
+                           catch=FAILURES, gc_after_trial=True,
+                           callbacks=[optuna.study.MaxTrialsCallback(cfg.trials,
+                                                                     (TrialState.COMPLETE, TrialState.PRUNED)),
+                                      after_trial])
+            bar.close()
+        if cfg.report:
+            write_report(study, cfg, metric, log=log)
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        tracker.finish({"best_value": study.best_value} if complete else {}, files=base.out)
     return study

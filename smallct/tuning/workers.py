@@ -3,6 +3,10 @@
 The study is created once here, before the workers start (so they do not race to create it); each worker
 is the same command with its own ``--worker`` index (other sampler seeds) and, on a GPU machine, its own
 GPU (``CUDA_VISIBLE_DEVICES``); on a CPU they share the cores. The report is written when all are done.
+
+Workers on several machines need no such start: each runs the same command with its own ``--worker`` on one
+database URL, and :func:`smallct.tuning.storage.create_or_load` lets them create the study together. A seeded
+TPE sampler is not reproducible with parallel workers: which trial sees which finished ones depends on timing.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ def run_workers(cfg: TuneConfig, argv: list[str], jobs: int, log=print) -> int:
                "--no-report", "--no-progress"]
         procs.append(subprocess.Popen(cmd, env=env))
     codes = [p.wait() for p in procs]
-    study = optuna.load_study(study_name=cfg.study, storage=make_storage(url))
+    study = optuna.load_study(study_name=cfg.study, storage=make_storage(
+        url, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period))
     if cfg.report:
         write_report(study, cfg, choose_metric(cfg.metric, dataset.task), log=log)
     return max(codes)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from smallct.analysis.compare import compare_runs
+from smallct.analysis.compare import compare_plot, compare_runs
 from smallct.compare import main
 from smallct.evaluation.intervals import nadeau_bengio
 from smallct.data.folds import fold_assignment
@@ -94,6 +94,10 @@ def test_the_paired_bootstrap_resamples_the_groups_the_folds_kept_whole(tmp_path
     assert width["grouped"] > 1.8 * width["flat"]  # about sqrt(5) wider: 5 copies per unit
     assert grouped["ci_resampled"] == {"unit": "near-duplicate groups", "n_units": 40, "n_images": 200}
     assert "over 40 near-duplicate groups of 200 images" in grouped["method"]
+    def interval_label(result):  # compare.png names the unit its interval resampled
+        return compare_plot(result).axes[0].get_yticklabels()[1].get_text()
+
+    assert "of near-duplicate groups" in interval_label(grouped) and "of images" in interval_label(flat)
 
 
 def test_same_predictions_cannot_be_told_apart(tmp_path, labels):
@@ -178,3 +182,21 @@ def test_multiclass_auc_matches_sklearn(tmp_path):
     assert res["roc_auc"]["a"] == pytest.approx(roc_auc_score(y, runs[0][1], multi_class="ovr"))
     assert res["roc_auc"]["b"] == pytest.approx(roc_auc_score(y, runs[1][1], multi_class="ovr"))
     assert res["accuracy"]["b"] == pytest.approx((runs[1][1].argmax(1) == y).mean())
+
+
+def test_compare_plot_returns_a_figure_whose_tick_labels_do_not_overlap(tmp_path, labels):
+    from smallct.analysis.compare import compare_plot
+
+    rng = np.random.default_rng(6)
+    folds = fold_assignment(labels, 5, 2, 0)
+    a = write_run(tmp_path / "a", labels, _probs(labels, 30, rng, repeats=2), folds)
+    b = write_run(tmp_path / "b", labels, _probs(labels, 22, rng, repeats=2), folds, arch="resnet152")
+    fig = compare_plot(compare_runs(a, b, n_boot=200))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:  # accuracy in points, AUC in hundredths: a few readable ticks each
+        boxes = sorted((t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()),
+                       key=lambda box: box.x0)
+        assert 3 <= len(boxes) <= 7
+        assert all(left.x1 < right.x0 for left, right in zip(boxes, boxes[1:]))
+    assert "B = " in fig.get_suptitle() and "resnet152" in fig.get_suptitle()

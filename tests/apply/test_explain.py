@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from smallct.apply import explain as E
 from smallct.explain import main
@@ -79,7 +80,33 @@ def test_cli_explains_the_misclassified_out_of_fold_images(small_run, tmp_path, 
     assert all((out / f).is_file() for f in table["figure"])
     cams = np.load(out / "cams.npz")
     assert cams["cams"].shape == (4, 32, 32) and cams["ids"].tolist() == table["id"].tolist()
-    assert "1x1 map at 32 px" in capsys.readouterr().out  # layer4 of a 32 px input: says it is coarse
+    printed = capsys.readouterr().out
+    assert "1x1 map at 32 px" in printed  # layer4 of a 32 px input: says it is coarse
+    # and so flat that the scaled map would be one blue square: not drawn, said once, marked in the table
+    assert table["map_constant"].all() and "4 of 4 maps are constant" in printed
+    row = table.iloc[0]
+    with Image.open(out / row["figure"]) as img:
+        title = img.text["Title"]
+    names = load_run(small_run).class_names
+    assert title == f"id {row['id']}, true: {names[row['label']]}, predicted: {names[row['pred']]}"
+
+
+def test_cam_figure_draws_a_map_with_its_colour_bar_and_no_map_when_it_is_constant():
+    image = np.full((32, 32, 3), 90, np.uint8)
+    ramp = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (32, 1))
+    fig = E.cam_figure(image, ramp, "id 7, true: 1", "Grad-CAM for 1 (p = 0.81), r0_f0")
+    inputs, heat, bar = fig.axes  # the heat panel has its colour bar
+    assert len(heat.images) == 1 and bar.get_ylim() == (0, 1)
+    drawn = heat.images[0].get_array()
+    assert drawn[0, -1, 0] > drawn[0, 0, 0] and drawn[0, 0, 2] > drawn[0, -1, 2]  # red where the map is 1
+    assert fig.get_suptitle() == "id 7, true: 1" and "p = 0.81" in heat.get_title()
+    for flat in (np.zeros((32, 32), np.float32), np.full((32, 32), 0.5, np.float32)):  # 1x1 upsampled, or zero
+        assert E.is_constant(flat)
+        fig = E.cam_figure(image, flat, "id 7", "Grad-CAM for 1")
+        inputs, heat = fig.axes  # no colour bar
+        assert len(inputs.images) == 1 and not heat.images
+        assert "constant" in " ".join(t.get_text() for t in heat.texts).replace("\n", " ")
+    assert not E.is_constant(ramp)
 
 
 def test_cli_explains_new_images_with_every_fold_model(small_run, phantom_dir, tmp_path, capsys):

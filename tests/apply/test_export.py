@@ -1,4 +1,4 @@
-"""Export to ONNX and TorchScript: the exported file gives smallct.predict's probabilities."""
+"""Export to ONNX and TorchScript: the exported file gives smallct.predict's probabilities and carries its contract."""
 
 import json
 import warnings
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import smallct
 from smallct.apply import export as X
 from smallct.export import main
 from smallct.datasets.folder import load_dataset
@@ -39,6 +40,45 @@ def test_onnx_ensemble_with_tta_gives_the_predicted_probabilities(small_run, ima
     assert probs.shape == (5, 2)
     np.testing.assert_allclose(probs[:, 1], expected["prob"], atol=1e-5)
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-6)
+
+
+def test_onnx_file_carries_its_contract_and_any_batch_size(small_run, tmp_path, capfd, recwarn):
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    run = load_run(small_run)
+    out = tmp_path / "model.onnx"
+    contract = X.export_run(run, out, folds=["r0_f0"])
+    assert capfd.readouterr() == ("", "")  # the exporter prints nothing
+    assert not recwarn.list, [str(w.message) for w in recwarn]  # and warns of nothing (none is silenced)
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    assert not (tmp_path / "model.onnx.data").exists()  # the weights are inside the one file
+    assert {p.key: json.loads(p.value) for p in model.metadata_props} == contract == X.read_contract(out)
+    assert contract == json.loads(X.contract_path(out).read_text())
+    assert (contract["arch"], contract["smallct_version"], contract["models"]) == ("resnet18", smallct.__version__,
+                                                                                    ["r0_f0"])
+    assert (contract["input"]["mean"], contract["input"]["std"]) == (run.input["mean"], run.input["std"])
+    assert (contract["input"]["img_size"], contract["input"]["resize"], contract["input"]["crop"]) == (
+        32, run.input["resize"], run.input["crop"])
+    assert (contract["class_names"], contract["positive_class"]) == (run.class_names, run.positive_class)
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert model.graph.input[0].name == "image" and batch.dim_param and not batch.dim_value  # a named, free axis
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == X.OPSET
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    module = X.deployable(run, ["r0_f0"])
+    for n in (1, 3):
+        image = (np.random.default_rng(n).random((n, 3, 32, 32)) * 255).astype(np.float32)
+        with torch.no_grad():
+            expected = module(torch.from_numpy(image)).numpy()
+        probs = session.run(None, {"image": image})[0]
+        assert probs.shape == (n, 2)
+        np.testing.assert_allclose(probs, expected, atol=1e-6, rtol=0)  # float32 sums in another order: ~1e-7
+
+
+def test_onnx_refuses_an_opset_the_exporter_cannot_write(small_run, tmp_path):
+    with pytest.raises(ValueError, match="--opset 17: .* opset 18 or newer; say --opset 18"):
+        X.export_run(load_run(small_run), tmp_path / "model.onnx", opset=17)
+    assert not (tmp_path / "model.onnx").exists()
 
 
 def test_torchscript_of_one_fold_model(small_run, images, tmp_path, capsys):

@@ -39,7 +39,9 @@ def test_version_and_the_table_of_commands(capsys):
     assert all(f"    {name} " in listed for name in cli.COMMANDS)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["cv", "--help"], ["tune", "--help"], ["prepare", "rsna", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], *([name, "--help"] for name in cli.COMMANDS),
+                                  ["prepare", "rsna", "--help"], ["prepare", "png", "--help"],
+                                  ["data", "verify", "--help"], ["data", "manifest", "--help"]], ids=" ".join)
 def test_help_loads_no_torch_pandas_or_matplotlib(argv):
     result = _python("import sys\nfrom smallct import cli\n"
                      f"try:\n    cli.main({argv!r})\nexcept SystemExit as e:\n    assert e.code == 0\n"
@@ -50,10 +52,14 @@ def test_help_loads_no_torch_pandas_or_matplotlib(argv):
 
 @pytest.mark.parametrize("name", list(cli.COMMANDS))
 def test_every_command_runs_as_python_dash_m(name):
-    result = subprocess.run([sys.executable, "-m", f"smallct.{name}", "--help"], capture_output=True, text=True,
-                            timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    # -X importtime lists every module the real `python -m` run imported, one per stderr line
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", f"smallct.{name}", "--help"],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: python -m smallct.{name}")
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "smallct.cli" in imported and not imported & set(HEAVY)
 
 
 def test_console_and_module_errors_are_one_line_naming_the_command(tmp_path, capsys):

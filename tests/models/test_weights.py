@@ -69,15 +69,25 @@ def _resnet18_state(seed: int) -> dict[str, torch.Tensor]:
 
 
 def test_torchvision_weights_load_from_torch_home(tmp_path, monkeypatch):
+    import hashlib
+
+    import torchvision
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # torch.hub.get_dir() reads it on every call
     checkpoints = tmp_path / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     state = _resnet18_state(seed=123)
-    torch.save(state, checkpoints / "resnet18-f37072fd.pth")  # the file name of torchvision's URL
+    torch.save(state, checkpoints / "resnet18.pth")
+    # torchvision's URL with this file's hash prefix in the name (a cached file is checked against it, as
+    # torchvision checks a download)
+    name = f"resnet18-{hashlib.sha256((checkpoints / 'resnet18.pth').read_bytes()).hexdigest()[:8]}.pth"
+    (checkpoints / "resnet18.pth").rename(checkpoints / name)
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights.DEFAULT.value, "url",
+                        f"https://download.pytorch.org/models/{name}")
 
     source = resolve_weights("resnet18", "imagenet")
     assert source.kind == "torchvision"
-    assert source.path == str(checkpoints / "resnet18-f37072fd.pth")
+    assert source.path == str(checkpoints / name)
     assert source.mean == pytest.approx((0.485, 0.456, 0.406)) and source.std == pytest.approx((0.229, 0.224, 0.225))
     assert source.input_size == 224
     model = create_model("resnet18", 2, source)

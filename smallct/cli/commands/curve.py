@@ -21,11 +21,12 @@ class Curve(Command):
         add_settings(parser.add_argument_group("data"), CurveConfig, [*DATA, "group_similar"],
                      help={"img_size": "embedding input size in px (default: the weights' own size)"})
         add_settings(parser.add_argument_group("model"), CurveConfig,
-                     ["arch", "weights", "methods", "pool", "flip", "normalize", "C"])
+                     ["arch", "weights", "offline", "methods", "pool", "flip", "normalize", "C"])
         add_settings(parser.add_argument_group("sizes and validation"), CurveConfig,
                      ["sizes", "folds", "repeats", "seed"])
         add_settings(parser.add_argument_group("fine-tuning"), CurveConfig, FINETUNE, help=FINETUNE_HELP)
-        add_settings(parser.add_argument_group("run"), CurveConfig, ["device", "threads", "out"])
+        add_settings(parser.add_argument_group("run"), CurveConfig,
+                     ["device", "threads", "out", "tensorboard", "mlflow"])
 
     def run(self, args: argparse.Namespace) -> None:
         from smallct.studies.curve import run_curve  # the library, loaded on use: --help stays torch-free

@@ -26,7 +26,7 @@ class Export(Command):
                                  "averaged)")
         parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
                             help="build the left-right mirror average into the graph (default off)")
-        parser.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+        parser.add_argument("--opset", type=int, default=18, help="ONNX opset version, 18 or newer (default 18)")
 
     def run(self, args: argparse.Namespace) -> None:
         from smallct.apply.export import contract_path, export_run  # loaded on use: --help stays torch-free

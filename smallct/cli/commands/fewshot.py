@@ -31,7 +31,7 @@ class FewShot(Command):
                              "support images come from distinct groups, and no query image shares a support "
                              "image's group (0 turns it off)"})
         add_settings(parser.add_argument_group("model and embeddings"), FewShotConfig,
-                     ["arch", "weights", "pool", "flip", "normalize"])
+                     ["arch", "weights", "offline", "pool", "flip", "normalize"])
         add_settings(parser.add_argument_group("episodes and methods"), FewShotConfig,
                      ["shots", "episodes", "methods", "C", "knn_k", "seed"])
         add_settings(parser.add_argument_group("fine-tuning (costly: every episode trains a network)"), FewShotConfig,

@@ -12,8 +12,8 @@ from smallct.cli.runner import Command, command_parser
 from smallct.config.run import CVConfig
 from smallct.config.studies import TuneConfig
 
-TUNE_ONLY = ["trials", "timeout", "storage", "study", "resume", "metric", "pruner", "prune_after", "startup_trials",
-             "worker", "keep_checkpoints", "report", "top"]
+TUNE_ONLY = ["trials", "timeout", "storage", "study", "heartbeat_interval", "grace_period", "resume", "metric",
+             "pruner", "prune_after", "startup_trials", "worker", "keep_checkpoints", "report", "top"]
 
 
 def config_from_args(args: argparse.Namespace) -> TuneConfig:
@@ -77,13 +77,15 @@ class Tune(Command):
 
     def run(self, args: argparse.Namespace) -> int | None:
         from smallct.tuning.study import run_study  # the library, loaded on use: --help stays torch-free
+        from smallct.tuning.storage import default_storage, storage_errors  # (optuna, sqlalchemy)
         from smallct.tuning.workers import run_workers  # (torch)
 
         cfg = config_from_args(args)
         jobs = _jobs(args.jobs)
-        if jobs > 1:
-            return run_workers(cfg, args.argv, jobs)
-        run_study(cfg, progress=not args.no_progress)
+        with storage_errors(cfg.storage or default_storage(cfg.base.out)):  # a database lost mid-study: one line
+            if jobs > 1:
+                return run_workers(cfg, args.argv, jobs)
+            run_study(cfg, progress=not args.no_progress)
         return None
 
     def kept(self, args: argparse.Namespace) -> str:
