@@ -17,8 +17,9 @@ AdamW lr 5e-4 wd 0.05, ``CosineAnnealingLR`` over all steps, batch 32, 12 epochs
 Prints both arms' accuracy and AUC, the paired difference (smallct - plain) with its interval over the
 groups the folds keep whole (and the Nadeau-Bengio interval with repeats), wall times and seconds per
 epoch (smallct's: the sum of its folds' seconds, which include its per-epoch test-fold curves; its wall
-adds decoding and the duration estimate); writes ``bench/results/plain_recipe-<device>.json``. Finished
-folds of either arm are kept: the same command resumes.
+adds decoding and the duration estimate); writes ``bench/results/plain_recipe-<device>.json``, keeping the
+rows of other seeds measured earlier with the same settings (so ``--seeds 1`` adds to a ``--seeds 0`` file;
+the mean paired difference is over all rows). Finished folds of either arm are kept: the same command resumes.
 """
 
 from __future__ import annotations
@@ -136,6 +137,16 @@ def run_plain(smallct_dir: Path, plain_dir: Path, data: Path, args, seed: int) -
     return wall
 
 
+def kept_rows(path: Path, new: list[dict], settings: dict) -> list[dict]:
+    """The rows of an earlier result file with the same settings whose (seed, repeats) were not measured again
+    now: one seed per command still adds up to the "never lose" table of several seeds."""
+    if not path.is_file():
+        return []
+    measured = {(r["seed"], r["repeats"]) for r in new}
+    return [r for r in json.loads(path.read_text()).get("rows", [])
+            if r.get("settings") == settings and (r["seed"], r["repeats"]) not in measured]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/plain_recipe.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=_report.default_data(), help="Head CT folder (default: shared)")
@@ -158,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cpu")
     info, rows, seeds = _report.machine(device), [], [int(s) for s in args.seeds.split(",")]
+    # what the figures depend on (--no-progress does not change them)
+    kept_args = [a for a in extra if a != "--no-progress"]
+    settings = {"folds": args.folds, "epochs": args.epochs, "img_size": args.img_size, "params": args.params,
+                "smallct_args": " ".join(kept_args)}
     for seed in seeds:
         tag = f"seed{seed}-r{args.repeats}-f{args.folds}-e{args.epochs}-s{args.img_size}"
         ours, plain = args.runs / f"smallct-{tag}", args.runs / f"plain-{tag}"
@@ -181,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
                      "plain_auc": res["roc_auc"]["a"], "smallct_auc": res["roc_auc"]["b"],
                      "plain_s_epoch": plain_wall / fits, "smallct_s_epoch": ours_folds / fits,
                      "plain_wall": plain_wall, "smallct_wall": ours_wall, "smallct_fold_seconds": ours_folds,
-                     "sentence": res["sentence"]})
+                     "sentence": res["sentence"], "settings": settings, "date": time.strftime("%Y-%m-%d %H:%M"),
+                     "load_avg": info["load_avg"]})
         shutil.copy(ours / "run.json", plain / "smallct_run.json")
+    rows = kept_rows(args.out / f"plain_recipe-{device.type}.json", rows, settings) + rows
     print(_report.table(rows, [("seed", "seed", ""), ("repeats", "rep", ""), ("plain_acc", "plain acc", "{:.3f}"),
                                ("smallct_acc", "smallct acc", "{:.3f}"), ("diff", "diff", "{:+.3f}"),
                                ("lo", "CI lo", "{:+.3f}"), ("hi", "CI hi", "{:+.3f}"), ("nb_lo", "NB lo", "{:+.3f}"),
@@ -190,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                                ("smallct_auc", "smallct AUC", "{:.3f}"), ("plain_s_epoch", "plain s/ep", "{:.1f}"),
                                ("smallct_s_epoch", "smallct s/ep", "{:.1f}")]))
     mean = float(np.mean([r["diff"] for r in rows]))
-    print(f"mean paired difference smallct - plain over seeds {args.seeds}: {mean:+.3f} "
+    print(f"mean paired difference smallct - plain over the {len(rows)} rows above: {mean:+.3f} "
           f"({'never loses' if mean >= 0 else 'LOSES'}); per-epoch time ratio smallct/plain "
           f"{np.mean([r['smallct_s_epoch'] / r['plain_s_epoch'] for r in rows]):.2f}")
     if args.epochs != 12 or args.img_size != 192 or args.folds != 5:
