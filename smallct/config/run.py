@@ -177,17 +177,31 @@ CV_GROUPS = {
 }
 
 
-def hide_password(uri: str | None) -> str | None:
-    """``uri`` with the password of its ``user:password@`` part as ``***`` (as SQLAlchemy shows a URL)."""
-    if not uri or "://" not in uri or "@" not in uri:
-        return uri
+def _credentials(uri: str) -> tuple[str, str, str, str] | None:
+    """``(scheme, user:password, host:port, the rest)`` of ``scheme://user:password@host:port/rest``; ``None``
+    without credentials (an ``@`` in the path or query only)."""
+    if "://" not in uri or "@" not in uri:
+        return None
     scheme, rest = uri.split("://", 1)
     end = min([i for i in map(rest.find, "/?#") if i >= 0], default=len(rest))  # the authority: user:pw@host:port
     credentials, at, host = rest[:end].rpartition("@")
-    if not at:  # an "@" in the path or query only: no credentials
+    return (scheme, credentials, host, rest[end:]) if at else None
+
+
+def uri_password(uri: str) -> str:
+    """The password of ``uri``'s ``user:password@`` part (``""`` when there is none)."""
+    parts = _credentials(uri)
+    return parts[1].partition(":")[2] if parts else ""
+
+
+def hide_password(uri: str | None) -> str | None:
+    """``uri`` with the password of its ``user:password@`` part as ``***`` (as SQLAlchemy shows a URL)."""
+    parts = _credentials(uri) if uri else None
+    if parts is None:
         return uri
+    scheme, credentials, host, tail = parts
     user, colon, _ = credentials.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{host}{rest[end:]}"
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}{tail}"
 
 
 def to_dict(cfg: Any) -> dict:

@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from smallct.config.run import hide_password
+from smallct.config.run import hide_password, uri_password
 from smallct.engine.run_folder import RunFolder, fold_name
 from smallct.models.weights import offline_reason
 from smallct.progress import tqdm
@@ -82,9 +82,7 @@ def _one_line(err: BaseException, uri: str = "") -> str:
     """``Type: first line`` of an error (at most 300 characters), without the password of ``uri``."""
     lines = str(err).strip().splitlines()
     text = f"{type(err).__name__}: {lines[0] if lines else ''}".strip().rstrip(":")
-    rest = uri.split("://", 1)[-1]
-    credentials, at, _ = rest[:min([i for i in map(rest.find, "/?#") if i >= 0], default=len(rest))].rpartition("@")
-    password = credentials.partition(":")[2] if at else ""  # of user:password@host, as hide_password reads it
+    password = uri_password(uri)
     text = text.replace(uri, hide_password(uri)) if uri else text
     text = text.replace(password, "***") if password else text
     return text if len(text) <= 300 else text[:297] + "..."

@@ -456,19 +456,20 @@ def test_a_files_digest_is_computed_once_per_size_and_mtime(tmp_path, monkeypatc
     assert weights._sha256(path) == hashlib.sha256(b"second, longer").hexdigest()
 
 
-def test_hugging_face_bars_are_off_only_while_downloading_into_a_log(capsys):
+def test_hugging_face_bars_are_off_only_while_downloading_into_a_log(capsys, tmp_path):
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     from smallct.models.weights import _download_progress
 
+    target = tmp_path / "x"
     enable_progress_bars()
-    with _download_progress("http://127.0.0.1/x", "/tmp/x") as bar:  # stderr captured: no terminal
+    with _download_progress("http://127.0.0.1/x", target) as bar:  # stderr captured: no terminal
         assert bar is False and are_progress_bars_disabled()
     assert not are_progress_bars_disabled()  # restored
-    assert capsys.readouterr().err == "downloading http://127.0.0.1/x -> /tmp/x\n"
+    assert capsys.readouterr().err == f"downloading http://127.0.0.1/x -> {target}\n"
     disable_progress_bars()
     try:
-        with _download_progress("http://127.0.0.1/x", "/tmp/x"):
+        with _download_progress("http://127.0.0.1/x", target):
             pass
         assert are_progress_bars_disabled()  # the user's choice is kept
     finally:
