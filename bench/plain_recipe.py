@@ -20,6 +20,12 @@ epoch (smallct's: the sum of its folds' seconds, which include its per-epoch tes
 adds decoding and the duration estimate); writes ``bench/results/plain_recipe-<device>.json``, keeping the
 rows of other seeds measured earlier with the same settings (so ``--seeds 1`` adds to a ``--seeds 0`` file;
 the mean paired difference is over all rows). Finished folds of either arm are kept: the same command resumes.
+
+Fold draws: ``--seed S --repeats R`` draws the folds of seeds S, S+1, ..., S+R-1 (repeat r shuffles with S + r),
+so ``--seeds 0,1 --repeats 3`` measures the four distinct draws 0-3, two of them twice, and ``--seeds 0,1,2,3``
+the same four draws once each. Every row records its draws and its per-draw paired differences; the summary
+is over distinct draws (a draw measured in two rows, with other training seeds, counts once, as their mean),
+with the spread of the per-draw differences.
 """
 
 from __future__ import annotations
@@ -137,14 +143,62 @@ def run_plain(smallct_dir: Path, plain_dir: Path, data: Path, args, seed: int) -
     return wall
 
 
+def draw_differences(res: dict, seed: int) -> dict[int, float]:
+    """smallct - plain accuracy of each repeat of a comparison, keyed by its fold draw (seed + repeat)."""
+    out = {}
+    for r in sorted({f["repeat"] for f in res["per_fold"]}):
+        folds = [f for f in res["per_fold"] if f["repeat"] == r]
+        n = sum(f["n_test"] for f in folds)
+        out[seed + r] = sum(f["n_test"] * (f["accuracy_b"] - f["accuracy_a"]) for f in folds) / n
+    return out
+
+
+def over_draws(rows: list[dict]) -> dict:
+    """The paired accuracy differences per distinct fold draw (a draw in several rows: their mean), their mean,
+    spread and a t-interval over draws. The images are the same in every draw, so the interval is about other
+    fold draws and training seeds of these 200 images, not about a new sample of patients (each row's
+    bootstrap interval is)."""
+    from scipy import stats
+
+    per_draw: dict[int, list[float]] = {}
+    for row in rows:
+        for draw, d in row["draw_diffs"].items():
+            per_draw.setdefault(int(draw), []).append(d)
+    diffs = {draw: float(np.mean(v)) for draw, v in sorted(per_draw.items())}
+    values = np.array(list(diffs.values()))
+    out = {"draws": list(diffs), "per_draw": {str(k): v for k, v in diffs.items()}, "n_draws": len(values),
+           "mean": float(values.mean()), "min": float(values.min()), "max": float(values.max()),
+           "draws_not_lost": int((values >= 0).sum()),
+           "counted_twice": [k for k, v in per_draw.items() if len(v) > 1]}
+    if len(values) > 1:
+        half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+        out |= {"sd": float(values.std(ddof=1)), "t_ci95": [out["mean"] - half, out["mean"] + half]}
+    return out
+
+
+def with_draws(row: dict) -> dict:
+    """A row of an earlier file without per-draw differences: with one repeat, its difference is its draw's."""
+    if "draw_diffs" not in row and row["repeats"] == 1:
+        row = {**row, "draws": [row["seed"]], "draw_diffs": {str(row["seed"]): row["diff"]}}
+    return row
+
+
 def kept_rows(path: Path, new: list[dict], settings: dict) -> list[dict]:
     """The rows of an earlier result file with the same settings whose (seed, repeats) were not measured again
     now: one seed per command still adds up to the "never lose" table of several seeds."""
     if not path.is_file():
         return []
     measured = {(r["seed"], r["repeats"]) for r in new}
-    return [r for r in json.loads(path.read_text()).get("rows", [])
+    return [with_draws(r) for r in json.loads(path.read_text()).get("rows", [])
             if r.get("settings") == settings and (r["seed"], r["repeats"]) not in measured]
+
+
+def earlier_commands(path: Path) -> list[str]:
+    """The command lines of the rows kept from an earlier result file."""
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    return old.get("commands") or [f"{old['command']}   # {old.get('date', '')}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         ours_folds = json.loads((ours / "results.json").read_text())["seconds_all_folds"]  # training + evaluation
         fits = args.repeats * args.folds * args.epochs
         nb = res.get("nadeau_bengio") or {}
+        draws = draw_differences(res, seed)
         rows.append({"seed": seed, "repeats": args.repeats, "plain_acc": res["accuracy"]["a"],
                      "smallct_acc": res["accuracy"]["b"], "diff": res["accuracy"]["difference"],
                      "lo": res["accuracy"]["ci95"][0], "hi": res["accuracy"]["ci95"][1],
@@ -196,10 +251,15 @@ def main(argv: list[str] | None = None) -> int:
                      "plain_auc": res["roc_auc"]["a"], "smallct_auc": res["roc_auc"]["b"],
                      "plain_s_epoch": plain_wall / fits, "smallct_s_epoch": ours_folds / fits,
                      "plain_wall": plain_wall, "smallct_wall": ours_wall, "smallct_fold_seconds": ours_folds,
+                     "draws": list(draws), "draw_diffs": {str(k): v for k, v in draws.items()},
                      "sentence": res["sentence"], "settings": settings, "date": time.strftime("%Y-%m-%d %H:%M"),
-                     "load_avg": info["load_avg"]})
+                     "cpu": info["cpu"], "load_avg": info["load_avg"]})
         shutil.copy(ours / "run.json", plain / "smallct_run.json")
-    rows = kept_rows(args.out / f"plain_recipe-{device.type}.json", rows, settings) + rows
+    result_file = args.out / f"plain_recipe-{device.type}.json"
+    kept = kept_rows(result_file, rows, settings)
+    commands = (earlier_commands(result_file) if kept else []) + [
+        f"python {' '.join(sys.argv)}   # seeds {args.seeds}, {time.strftime('%Y-%m-%d %H:%M:%S')}"]
+    rows = kept + rows
     print(_report.table(rows, [("seed", "seed", ""), ("repeats", "rep", ""), ("plain_acc", "plain acc", "{:.3f}"),
                                ("smallct_acc", "smallct acc", "{:.3f}"), ("diff", "diff", "{:+.3f}"),
                                ("lo", "CI lo", "{:+.3f}"), ("hi", "CI hi", "{:+.3f}"), ("nb_lo", "NB lo", "{:+.3f}"),
@@ -210,9 +270,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mean paired difference smallct - plain over the {len(rows)} rows above: {mean:+.3f} "
           f"({'never loses' if mean >= 0 else 'LOSES'}); per-epoch time ratio smallct/plain "
           f"{np.mean([r['smallct_s_epoch'] / r['plain_s_epoch'] for r in rows]):.2f}")
+    draws = over_draws(rows)
+    spread = (f", sd {draws['sd']:.3f}, t-interval over draws {draws['t_ci95'][0]:+.3f} to {draws['t_ci95'][1]:+.3f}"
+              if "sd" in draws else "")
+    print(f"over the {draws['n_draws']} distinct fold draws {draws['draws']}: mean {draws['mean']:+.3f} "
+          f"(per draw {draws['min']:+.3f} to {draws['max']:+.3f}{spread}); smallct did not lose on "
+          f"{draws['draws_not_lost']} of {draws['n_draws']}"
+          + (f"; draws {draws['counted_twice']} were in two rows and count once" if draws["counted_twice"] else ""))
     if args.epochs != 12 or args.img_size != 192 or args.folds != 5:
         print("(not the issue's settings: a shorter run)")
-    path = _report.write("plain_recipe", device, {"rows": rows, "mean_difference": mean}, args.out, info)
+    path = _report.write("plain_recipe", device, {"rows": rows, "mean_difference": mean, "over_draws": draws,
+                                                   "commands": commands}, args.out, info)
     print(f"wrote {path}")
     return 0
 

@@ -143,7 +143,7 @@ class CVConfig:
     offline: bool = option(False, OFFLINE_HELP, file=False)
     task: Task | None = option(None, "default: from the data (multilabel for a prepared RSNA folder)")
     folds: int = option(5, "cross-validation folds", ge=2)
-    repeats: int = option(1, "repeats of the cross-validation (other fold draws)", ge=1)
+    repeats: int = option(1, "repeats of the cross-validation (repeat r: the folds of seed + r)", ge=1)
     seed: int = option(0, "seed of the folds, the initialisation and the augmentation", ge=0)
     device: str = option("auto", "auto, cpu or cuda", **DEVICE)
     threads: int | None = option(None, THREADS_HELP, ge=1, file=False)
