@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -95,6 +96,39 @@ def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
              for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def draw_differences(res: dict, seed: int) -> dict[int, float]:
+    """B - A accuracy of each repeat of a comparison (``compare_runs``), keyed by its fold draw (seed + repeat)."""
+    out = {}
+    for r in sorted({f["repeat"] for f in res["per_fold"]}):
+        folds = [f for f in res["per_fold"] if f["repeat"] == r]
+        n = sum(f["n_test"] for f in folds)
+        out[seed + r] = sum(f["n_test"] * (f["accuracy_b"] - f["accuracy_a"]) for f in folds) / n
+    return out
+
+
+def over_draws(rows: list[dict]) -> dict:
+    """The paired accuracy differences (``row["draw_diffs"]``) per distinct fold draw (a draw in several rows: their mean), their mean,
+    spread and a t-interval over draws. The images are the same in every draw, so the interval is about other
+    fold draws and training seeds of these 200 images, not about a new sample of patients (each row's
+    bootstrap interval is)."""
+    from scipy import stats
+
+    per_draw: dict[int, list[float]] = {}
+    for row in rows:
+        for draw, d in row["draw_diffs"].items():
+            per_draw.setdefault(int(draw), []).append(d)
+    diffs = {draw: float(np.mean(v)) for draw, v in sorted(per_draw.items())}
+    values = np.array(list(diffs.values()))
+    out = {"draws": list(diffs), "per_draw": {str(k): v for k, v in diffs.items()}, "n_draws": len(values),
+           "mean": float(values.mean()), "min": float(values.min()), "max": float(values.max()),
+           "draws_not_lost": int((values >= 0).sum()),
+           "counted_twice": [k for k, v in per_draw.items() if len(v) > 1]}
+    if len(values) > 1:
+        half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+        out |= {"sd": float(values.std(ddof=1)), "t_ci95": [out["mean"] - half, out["mean"] + half]}
+    return out
 
 
 def write(name: str, device: torch.device, payload: dict, out: Path | None = None, info: dict | None = None) -> Path:

@@ -143,39 +143,6 @@ def run_plain(smallct_dir: Path, plain_dir: Path, data: Path, args, seed: int) -
     return wall
 
 
-def draw_differences(res: dict, seed: int) -> dict[int, float]:
-    """smallct - plain accuracy of each repeat of a comparison, keyed by its fold draw (seed + repeat)."""
-    out = {}
-    for r in sorted({f["repeat"] for f in res["per_fold"]}):
-        folds = [f for f in res["per_fold"] if f["repeat"] == r]
-        n = sum(f["n_test"] for f in folds)
-        out[seed + r] = sum(f["n_test"] * (f["accuracy_b"] - f["accuracy_a"]) for f in folds) / n
-    return out
-
-
-def over_draws(rows: list[dict]) -> dict:
-    """The paired accuracy differences per distinct fold draw (a draw in several rows: their mean), their mean,
-    spread and a t-interval over draws. The images are the same in every draw, so the interval is about other
-    fold draws and training seeds of these 200 images, not about a new sample of patients (each row's
-    bootstrap interval is)."""
-    from scipy import stats
-
-    per_draw: dict[int, list[float]] = {}
-    for row in rows:
-        for draw, d in row["draw_diffs"].items():
-            per_draw.setdefault(int(draw), []).append(d)
-    diffs = {draw: float(np.mean(v)) for draw, v in sorted(per_draw.items())}
-    values = np.array(list(diffs.values()))
-    out = {"draws": list(diffs), "per_draw": {str(k): v for k, v in diffs.items()}, "n_draws": len(values),
-           "mean": float(values.mean()), "min": float(values.min()), "max": float(values.max()),
-           "draws_not_lost": int((values >= 0).sum()),
-           "counted_twice": [k for k, v in per_draw.items() if len(v) > 1]}
-    if len(values) > 1:
-        half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
-        out |= {"sd": float(values.std(ddof=1)), "t_ci95": [out["mean"] - half, out["mean"] + half]}
-    return out
-
-
 def with_draws(row: dict) -> dict:
     """A row of an earlier file without per-draw differences: with one repeat, its difference is its draw's."""
     if "draw_diffs" not in row and row["repeats"] == 1:
@@ -242,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         ours_folds = json.loads((ours / "results.json").read_text())["seconds_all_folds"]  # training + evaluation
         fits = args.repeats * args.folds * args.epochs
         nb = res.get("nadeau_bengio") or {}
-        draws = draw_differences(res, seed)
+        draws = _report.draw_differences(res, seed)
         rows.append({"seed": seed, "repeats": args.repeats, "plain_acc": res["accuracy"]["a"],
                      "smallct_acc": res["accuracy"]["b"], "diff": res["accuracy"]["difference"],
                      "lo": res["accuracy"]["ci95"][0], "hi": res["accuracy"]["ci95"][1],
@@ -270,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mean paired difference smallct - plain over the {len(rows)} rows above: {mean:+.3f} "
           f"({'never loses' if mean >= 0 else 'LOSES'}); per-epoch time ratio smallct/plain "
           f"{np.mean([r['smallct_s_epoch'] / r['plain_s_epoch'] for r in rows]):.2f}")
-    draws = over_draws(rows)
+    draws = _report.over_draws(rows)
     spread = (f", sd {draws['sd']:.3f}, t-interval over draws {draws['t_ci95'][0]:+.3f} to {draws['t_ci95'][1]:+.3f}"
               if "sd" in draws else "")
     print(f"over the {draws['n_draws']} distinct fold draws {draws['draws']}: mean {draws['mean']:+.3f} "
