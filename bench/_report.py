@@ -109,8 +109,8 @@ def draw_differences(res: dict, seed: int) -> dict[int, float]:
 
 
 def over_draws(rows: list[dict]) -> dict:
-    """The paired accuracy differences (``row["draw_diffs"]``) per distinct fold draw (a draw in several rows: their mean), their mean,
-    spread and a t-interval over draws. The images are the same in every draw, so the interval is about other
+    """The paired accuracy differences (``row["draw_diffs"]``) per distinct fold draw (a draw in several rows:
+    their mean), their mean, spread and a t-interval over draws. The images are the same in every draw, so the interval is about other
     fold draws and training seeds of these 200 images, not about a new sample of patients (each row's
     bootstrap interval is)."""
     from scipy import stats
@@ -129,6 +129,18 @@ def over_draws(rows: list[dict]) -> dict:
         half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
         out |= {"sd": float(values.std(ddof=1)), "t_ci95": [out["mean"] - half, out["mean"] + half]}
     return out
+
+
+def earlier(path: Path, new: list[dict], settings: dict, key) -> tuple[list[dict], list[str]]:
+    """The rows of an earlier result file with the same ``settings`` whose ``key(row)`` was not measured again in
+    ``new`` (one seed per command still adds up to a table of several), and, when any are kept, its commands."""
+    if not path.is_file():
+        return [], []
+    old = json.loads(path.read_text())
+    measured = {key(r) for r in new}
+    rows = [r for r in old.get("rows", []) if r.get("settings") == settings and key(r) not in measured]
+    commands = old.get("commands") or [f"{old['command']}   # {old.get('date', '')}"]
+    return rows, commands if rows else []
 
 
 def write(name: str, device: torch.device, payload: dict, out: Path | None = None, info: dict | None = None) -> Path:

@@ -23,7 +23,6 @@ with timm's ``reset_classifier`` (PyTorch's default init), so there is nothing l
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -117,11 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                          "settings": settings, "date": time.strftime("%Y-%m-%d %H:%M"), "load_avg": info["load_avg"]})
             print(f"  seed {seed} {name}: {res['sentence']}", flush=True)
     result_file = args.out / f"ablation-{device.type}.json"
-    measured = {(r["variant"], r["seed"], r["repeats"]) for r in rows}
-    old = json.loads(result_file.read_text()) if result_file.is_file() else {}
-    kept = [r for r in old.get("rows", []) if r.get("settings") == settings
-            and (r["variant"], r["seed"], r["repeats"]) not in measured]
-    commands = (old.get("commands", []) if kept else []) + [
+    kept, commands = _report.earlier(result_file, rows, settings, lambda r: (r["variant"], r["seed"], r["repeats"]))
+    commands = commands + [
         f"python {' '.join(sys.argv)}   # {time.strftime('%Y-%m-%d %H:%M:%S')}"]
     rows = sorted(kept + rows, key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"], r["repeats"]))
     print(_report.table(rows, [("variant", "variant", ""), ("seed", "seed", ""), ("repeats", "rep", ""),

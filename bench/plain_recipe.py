@@ -150,24 +150,6 @@ def with_draws(row: dict) -> dict:
     return row
 
 
-def kept_rows(path: Path, new: list[dict], settings: dict) -> list[dict]:
-    """The rows of an earlier result file with the same settings whose (seed, repeats) were not measured again
-    now: one seed per command still adds up to the "never lose" table of several seeds."""
-    if not path.is_file():
-        return []
-    measured = {(r["seed"], r["repeats"]) for r in new}
-    return [with_draws(r) for r in json.loads(path.read_text()).get("rows", [])
-            if r.get("settings") == settings and (r["seed"], r["repeats"]) not in measured]
-
-
-def earlier_commands(path: Path) -> list[str]:
-    """The command lines of the rows kept from an earlier result file."""
-    if not path.is_file():
-        return []
-    old = json.loads(path.read_text())
-    return old.get("commands") or [f"{old['command']}   # {old.get('date', '')}"]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/plain_recipe.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=_report.default_data(), help="Head CT folder (default: shared)")
@@ -223,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
                      "cpu": info["cpu"], "load_avg": info["load_avg"]})
         shutil.copy(ours / "run.json", plain / "smallct_run.json")
     result_file = args.out / f"plain_recipe-{device.type}.json"
-    kept = kept_rows(result_file, rows, settings)
-    commands = (earlier_commands(result_file) if kept else []) + [
+    kept, commands = _report.earlier(result_file, rows, settings, lambda r: (r["seed"], r["repeats"]))
+    kept = [with_draws(r) for r in kept]
+    commands = commands + [
         f"python {' '.join(sys.argv)}   # seeds {args.seeds}, {time.strftime('%Y-%m-%d %H:%M:%S')}"]
     rows = kept + rows
     print(_report.table(rows, [("seed", "seed", ""), ("repeats", "rep", ""), ("plain_acc", "plain acc", "{:.3f}"),
