@@ -99,12 +99,15 @@ def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
 
 
 def draw_differences(res: dict, seed: int) -> dict[int, float]:
-    """B - A accuracy of each repeat of a comparison (``compare_runs``), keyed by its fold draw (seed + repeat)."""
+    """B - A accuracy of each repeat of a comparison (``compare_runs``), keyed by its fold draw: the
+    ``random_state`` it shuffled with (``smallct.data.seeds.fold_draw_seed``; ``seed + repeat`` in smallct <= 0.3)."""
+    from smallct.data.seeds import fold_draw_seed  # the bench's helpers import smallct only where they need it
+
     out = {}
     for r in sorted({f["repeat"] for f in res["per_fold"]}):
         folds = [f for f in res["per_fold"] if f["repeat"] == r]
         n = sum(f["n_test"] for f in folds)
-        out[seed + r] = sum(f["n_test"] * (f["accuracy_b"] - f["accuracy_a"]) for f in folds) / n
+        out[fold_draw_seed(seed, r)] = sum(f["n_test"] * (f["accuracy_b"] - f["accuracy_a"]) for f in folds) / n
     return out
 
 

@@ -11,8 +11,8 @@ one setting changed back to smallct 0.2's recipe (``lite0_finetune_v02``), into 
 with the same seed and so the same folds. ``smallct.compare``'s machinery pairs each variant with the base
 (variant - base: a negative difference means that setting of the 0.2 recipe costs accuracy): the paired
 difference with its interval over the groups the folds keep whole, Nadeau-Bengio with ``--repeats``, and the
-difference per fold draw. The summary of each variant is over distinct fold draws (``--seed S --repeats R``
-draws the folds of seeds S..S+R-1, as in ``bench/plain_recipe.py``). Writes
+difference per fold draw. The summary of each variant is over distinct fold draws (keyed as in
+``bench/plain_recipe.py``: each (seed, repeat) its own draw). Writes
 ``bench/results/ablation-<device>.json``, keeping earlier rows of the same settings; finished folds resume
 from ``--runs``.
 

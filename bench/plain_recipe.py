@@ -21,11 +21,12 @@ adds decoding and the duration estimate); writes ``bench/results/plain_recipe-<d
 rows of other seeds measured earlier with the same settings (so ``--seeds 1`` adds to a ``--seeds 0`` file;
 the mean paired difference is over all rows). Finished folds of either arm are kept: the same command resumes.
 
-Fold draws: ``--seed S --repeats R`` draws the folds of seeds S, S+1, ..., S+R-1 (repeat r shuffles with S + r),
-so ``--seeds 0,1 --repeats 3`` measures the four distinct draws 0-3, two of them twice, and ``--seeds 0,1,2,3``
-the same four draws once each. Every row records its draws and its per-draw paired differences; the summary
-is over distinct draws (a draw measured in two rows, with other training seeds, counts once, as their mean),
-with the spread of the per-draw differences.
+Fold draws: ``--seed S --repeats R`` draws R folds of its own (``smallct.data.seeds``: repeat 0 shuffles with S,
+as every smallct did; repeats >= 1 with a value derived from (S, r); smallct <= 0.3 used S + r, so that seed 0's
+repeats 1-2 were seed 1's repeats 0-1). A draw is keyed by the ``random_state`` it shuffled with, the same key
+under both schemes. Every row records its draws and its per-draw paired differences; the summary is over
+distinct draws (a draw measured in two rows, with other training seeds, counts once, as their mean), with the
+spread of the per-draw differences.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
-# Only the location of the packaged weights file comes from smallct (the plain script would name the path).
+# Only the location of the packaged weights file comes from smallct (the plain script would name the path),
+# and each fold's training seed (the one smallct's fold model of the same repeat and fold trains with).
+from smallct.data.seeds import fit_seed  # noqa: E402
 from smallct.models.weights import resolve_weights  # noqa: E402
 
 ARCH = "tf_efficientnet_lite0"
@@ -129,7 +132,7 @@ def run_plain(smallct_dir: Path, plain_dir: Path, data: Path, args, seed: int) -
             test = np.flatnonzero(assignment[r] == k)
             if not done.exists():
                 prob = plain_fold(images, labels, np.flatnonzero(assignment[r] != k), test, args,
-                                  1000 * seed + 100 * r + k)
+                                  fit_seed(seed, r, k))
                 np.save(done, prob)
                 print(f"  plain seed {seed} repeat {r} fold {k}: accuracy "
                       f"{((prob >= 0.5) == labels[test]).mean():.3f}", flush=True)

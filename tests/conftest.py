@@ -86,6 +86,18 @@ def small_run(phantom_dir, tmp_path_factory, one_thread) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def small_tta_run(phantom_dir, tmp_path_factory, one_thread) -> Path:
+    """:func:`small_run` evaluated with the left-right mirror, as smallct.cv does by default (``tta`` in run.json)."""
+    out = tmp_path_factory.mktemp("small-tta-run") / "run"
+    cfg = CVConfig(arch="resnet18", weights="none", folds=2, seed=0, device="cpu", out=out, workers=1,
+                   data=DataConfig(data=phantom_dir, img_size=32), train=TrainConfig(epochs=1, batch_size=8, tta=True))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SMALLCT_CACHE", str(tmp_path_factory.getbasetemp() / "smallct-cache"))
+        run_cv(cfg, progress=False, log=lambda *a: None)
+    return out
+
+
 def write_easy_set(folder: Path, n: int = 40, seed: int = 0) -> Path:
     """A PNG set any random network separates: class 0 dark noise, class 1 a bright disc on dark noise."""
     rng = np.random.default_rng(seed)

@@ -1,7 +1,8 @@
 """The layout keeps its promises: one owner per concept, small modules, no import cycle, imports at the top.
 
 These read the source as text (``ast`` for imports): a change that types a fold name again, copies the
-near-duplicate threshold, makes folds or resamples outside their owners, or adds a cycle fails here.
+near-duplicate threshold, makes folds or resamples outside their owners, or adds a cycle fails here. An import
+inside a function is an edge of the import graph as one at the top is: it only defers the cycle to the call.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def test_modules_are_small():
 
 
 def _imports(path: Path) -> tuple[set[str], list[tuple[int, str]]]:
-    """The smallct modules ``path`` imports at its top level, and (line, module) of imports inside functions."""
+    """The smallct modules ``path`` imports at its top level, and (line, module) of imports inside functions (each
+    module an import statement may name: ``from a import b`` names ``a`` and ``a.b``)."""
     tree = ast.parse(path.read_text())
     top, local = set(), []
 
@@ -59,19 +61,39 @@ def _imports(path: Path) -> tuple[set[str], list[tuple[int, str]]]:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             for inner in ast.walk(node):
                 if isinstance(inner, (ast.Import, ast.ImportFrom)):
-                    local += [(inner.lineno, m) for m in modules(inner)[:1]]
+                    local += [(inner.lineno, m) for m in modules(inner)]
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             top |= {m for m in modules(node) if m.startswith("smallct")}
     return top, local
 
 
-def test_no_import_cycle_between_modules():
-    known = {_name(p) for p in MODULES}
+def _graph(paths) -> dict[str, dict[str, str]]:
+    """{module: {module it imports: "top" or "line N" (a function-local import)}} among the smallct ``paths``."""
+    known = {_name(p) for p in paths}
     graph = {}
-    for p in MODULES:
-        top, _ = _imports(p)
-        graph[_name(p)] = {m for m in top if m in known and m != _name(p)}
+    for p in paths:
+        top, local = _imports(p)
+        edges = {m: f"line {line}" for line, m in reversed(local)}  # the first line that imports m
+        edges.update(dict.fromkeys(top, "top"))
+        graph[_name(p)] = {m: how for m, how in edges.items() if m in known and m != _name(p)}
+    return graph
+
+
+def test_a_function_local_import_is_an_edge(tmp_path, monkeypatch):
+    # mutant caught: a graph of top-level imports only (0.3.0's), where folder.py -> head_ct.py -> folder.py,
+    # head_ct's half inside two functions, was no cycle
+    package = tmp_path / "smallct"
+    package.mkdir()
+    (package / "a.py").write_text("from smallct import b\n")
+    (package / "b.py").write_text("def f():\n    from smallct.a import g  # on use\n    return g\n")
+    monkeypatch.setitem(globals(), "PACKAGE", package)
+    assert _graph([package / "a.py", package / "b.py"]) == {"smallct.a": {"smallct.b": "top"},
+                                                            "smallct.b": {"smallct.a": "line 2"}}
+
+
+def test_no_import_cycle_between_modules():
+    graph = _graph(MODULES)
     # a package's __init__ only names its exports (lazily); importing it imports none of its modules
     state: dict[str, int] = {}
 
@@ -79,7 +101,9 @@ def test_no_import_cycle_between_modules():
         state[node] = 1
         for nxt in graph[node]:
             if state.get(nxt) == 1:
-                pytest.fail(f"import cycle: {' -> '.join(path + [node, nxt])}")
+                cycle = path[path.index(nxt):] + [node, nxt] if nxt in path else [node, nxt]
+                edges = [f"{a} -> {b} ({graph[a][b]})" for a, b in zip(cycle, cycle[1:])]
+                pytest.fail(f"import cycle: {'; '.join(edges)}")
             if nxt not in state:
                 visit(nxt, path + [node])
         state[node] = 2
@@ -93,7 +117,7 @@ def test_function_local_imports_say_why():
     undocumented = []
     for p in MODULES:
         lines = p.read_text().splitlines()
-        for lineno, module in _imports(p)[1]:
+        for lineno, module in dict(reversed(_imports(p)[1])).items():  # one per statement: its first module
             if "#" not in lines[lineno - 1]:
                 undocumented.append(f"{_name(p)}:{lineno} {module}")
     assert not undocumented, f"function-local imports without a comment saying why: {undocumented}"

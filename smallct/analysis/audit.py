@@ -30,8 +30,10 @@ from matplotlib.figure import Figure
 from sklearn.ensemble import RandomForestClassifier
 from smallct.progress import tqdm
 
+from smallct.analysis.compare import check_resamples
 from smallct.config.run import GROUP_SIMILAR
 from smallct.data.folds import Folds, make_folds
+from smallct.data.seeds import fit_seed
 from smallct.data.similar import Grouping
 from smallct.datasets.folder import Dataset
 from smallct.engine.run_folder import RunFolder
@@ -91,7 +93,7 @@ def cross_validated_probs(X: np.ndarray, y: np.ndarray, folds: np.ndarray, n_cla
     for r, assignment in enumerate(folds):
         for k in np.unique(assignment):
             test, train = assignment == k, assignment != k
-            model = _forest(seed * 1000 + r * 100 + int(k)).fit(X[train], y[train])
+            model = _forest(fit_seed(seed, r, int(k))).fit(X[train], y[train])
             P[r][np.ix_(test, model.classes_)] = model.predict_proba(X[test])
     return P
 
@@ -133,7 +135,7 @@ def audit(dataset: Dataset, folds: int = 5, repeats: int = 1, seed: int = 0, n_b
         The cross-validation of :mod:`smallct.engine.cv` (same values give the same folds, see
         :func:`audit_folds`).
     n_boot
-        Bootstrap resamples for the 95% intervals; they resample the groups the folds keep whole.
+        Bootstrap resamples for the 95% intervals (at least 100); they resample the groups the folds keep whole.
     assignment
         Folds to use instead: :func:`run_folds` of a cv run (with its groups), or a bare assignment
         (repeats, N), whose intervals then resample images.
@@ -145,6 +147,7 @@ def audit(dataset: Dataset, folds: int = 5, repeats: int = 1, seed: int = 0, n_b
         AUC, their intervals, ``above_chance``), ``by_class``, ``warning`` (None when no set is
         clearly above chance) and, under the key ``features``, the per-image table (a DataFrame).
     """
+    check_resamples(n_boot, default=1000)  # as compare and ensemble: checked before any work, nothing written
     if dataset.task == "multilabel":
         raise ValueError(f"{dataset.source}: a multi-label set; smallct.audit audits binary and multi-class labels")
     y = np.asarray(dataset.labels)

@@ -28,6 +28,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from smallct.data.folds import scheme_note
 from smallct.engine.run_folder import RunFolder
 from smallct.evaluation.intervals import bootstrap_indices, nadeau_bengio, percentile_interval
 from smallct.evaluation.metrics import roc_auc
@@ -82,6 +83,10 @@ def check_paired(a: RunPredictions, b: RunPredictions) -> None:
     if not np.array_equal(a.labels, b.labels):
         raise ValueError(f"{where}: the labels differ for {int((a.labels != b.labels).sum())} images")
     if a.assignment.shape != b.assignment.shape or not np.array_equal(a.assignment, b.assignment):
+        note = scheme_note(a.record, b.record, (a.path.name, b.path.name))
+        if note:  # same flags, other smallct: changing --folds/--repeats/--seed would not help
+            raise ValueError(f"{where}: different fold assignments ({note}); rerun the older run with this smallct "
+                             "and the same flags")
         ca, cb = a.record.get("config", {}), b.record.get("config", {})
         da, db = ca.get("data", {}), cb.get("data", {})
         # the near-duplicate groups come from one canonical thumbnail per file: only these settings move the folds
@@ -156,10 +161,10 @@ def compare_runs(a: str | Path, b: str | Path, n_boot: int = 2000, seed: int = 0
     return compare_predictions(ra, rb, n_boot, seed)
 
 
-def check_resamples(n_boot: int) -> None:
-    """``ValueError`` for fewer than 100 bootstrap resamples."""
+def check_resamples(n_boot: int, default: int = 2000) -> None:
+    """``ValueError`` for fewer than 100 bootstrap resamples (``default``: the command's, named in the message)."""
     if n_boot < 100:
-        raise ValueError(f"--n-boot {n_boot}: use at least 100 resamples (default 2000)")
+        raise ValueError(f"--n-boot {n_boot}: use at least 100 resamples (default {default})")
 
 
 def compare_predictions(ra: RunPredictions, rb: RunPredictions, n_boot: int = 2000, seed: int = 0) -> dict:

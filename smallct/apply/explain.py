@@ -177,7 +177,10 @@ def explain_images(run: Run, files: Sequence[str | Path], target: str | None = N
     """Grad-CAM of new images by every fold model of ``run``, maps averaged over the models.
 
     The class is ``target`` or the ensemble's predicted class. Returns ``(table, images, maps)`` as
-    :func:`explain_oof`, the table with id, file, the ensemble's probabilities, target_class.
+    :func:`explain_oof`, the table with id, file, the ensemble's probabilities, target_class. The probabilities
+    (and so the predicted class) follow the run's TTA, as ``smallct predict`` does
+    (:func:`smallct.apply.predict.run_tta`: the left-right mirror average where the run evaluated its test folds
+    with it); the maps are of the images as given, never mirrored.
     """
     files = [Path(f) for f in files]
     spec = run.input

@@ -9,11 +9,13 @@ The exported graph carries the model's whole input contract except decoding:
   multi-label run; the normalisation (mean, std) and the activation are inside the graph.
 
 By default every fold model of the run goes into the one graph and their probabilities are
-averaged, as :mod:`smallct.apply.predict` does; ``--fold r0_f1`` exports a single fold model. A JSON beside
-the file (``model.onnx`` -> ``model.onnx.json``) records the contract: size, resize, crop, windows, mean, std,
-classes, positive class, task, architecture, smallct version, the fold models inside. An ONNX file carries the
-same contract in its own metadata (``metadata_props``, one JSON value per key; :func:`read_contract`), so it
-cannot be separated from its normalisation.
+averaged, with the left-right mirror where the run evaluated its test folds with it (``run.json``'s ``tta``), as
+:mod:`smallct.apply.predict` does, so the graph gives the run's ``oof.csv`` probabilities again (``tta`` in the
+contract: whether the graph holds the mirror; ``run_tta``: whether the run used it); ``--fold r0_f1`` exports a
+single fold model. A JSON beside the file (``model.onnx`` -> ``model.onnx.json``) records the contract: size,
+resize, crop, windows, mean, std, classes, positive class, task, architecture, smallct version, the fold models
+inside. An ONNX file carries the same contract in its own metadata (``metadata_props``, one JSON value per key;
+:func:`read_contract`), so it cannot be separated from its normalisation.
 
 ONNX goes through torch's current exporter (``torch.onnx.export(..., dynamo=True)``, a ``torch.export`` graph
 translated by ``onnxscript``; opset 18 or newer) with a free batch axis. ``pip install smallct[export]`` adds
@@ -32,7 +34,7 @@ import torch
 from torch import nn
 
 import smallct
-from smallct.apply.predict import load_models, select_checkpoints
+from smallct.apply.predict import load_models, run_tta, select_checkpoints
 from smallct.engine.run_folder import Run
 
 FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}
@@ -68,9 +70,11 @@ class Deployable(nn.Module):
         return total / len(self.models)
 
 
-def deployable(run: Run, folds: Sequence[str] | None = None, tta: bool = False) -> Deployable:
-    """The run's fold models (or those named in ``folds``) as one :class:`Deployable`, in eval mode on the CPU."""
+def deployable(run: Run, folds: Sequence[str] | None = None, tta: bool | None = None) -> Deployable:
+    """The run's fold models (or those named in ``folds``) as one :class:`Deployable`, in eval mode on the CPU;
+    ``tta`` None: the mirror average where the run evaluated its test folds with it (:func:`run_tta`)."""
     models = load_models(run, select_checkpoints(run, folds))
+    tta = run_tta(run) if tta is None else tta
     return Deployable(models, run.input["mean"], run.input["std"], run.task, tta).eval()
 
 
@@ -129,13 +133,14 @@ def run_exported(path: str | Path, image: np.ndarray) -> np.ndarray | None:
 
 
 def export_run(run: Run, out: str | Path, fmt: str | None = None, folds: Sequence[str] | None = None,
-               tta: bool = False, opset: int = OPSET, check: bool = True) -> dict:
+               tta: bool | None = None, opset: int = OPSET, check: bool = True) -> dict:
     """Export a run's fold models (averaged) to ``out`` and write the contract JSON beside it (and, for
     ONNX, into the file's metadata as well: :func:`read_contract` gives it back).
 
-    ``fmt`` defaults to the suffix of ``out`` (.onnx, .pt). With ``check`` the exported file is run
-    on random images and compared with torch; the largest absolute difference of the probabilities
-    is recorded as ``max_abs_difference`` (None when onnxruntime is not installed). Returns the contract.
+    ``fmt`` defaults to the suffix of ``out`` (.onnx, .pt). ``tta``: the left-right mirror average inside the
+    graph; None (default): as the run evaluated its test folds (``run.json``'s ``tta``). With ``check`` the
+    exported file is run on random images and compared with torch; the largest absolute difference of the
+    probabilities is recorded as ``max_abs_difference`` (None when onnxruntime is not installed). Returns the contract.
     """
     out = Path(out)
     fmt = fmt or FORMATS.get(out.suffix.lower())
@@ -152,7 +157,7 @@ def export_run(run: Run, out: str | Path, fmt: str | None = None, folds: Sequenc
         "file": out.name, "format": fmt, "smallct_version": smallct.__version__,
         "run": str(run.path), "arch": run.arch, "task": run.task,
         "class_names": run.class_names, "positive_class": run.positive_class,
-        "models": [c.name for c in select_checkpoints(run, folds)], "tta": tta,
+        "models": [c.name for c in select_checkpoints(run, folds)], "tta": module.tta, "run_tta": run_tta(run),
         "input": {"name": "image", "shape": ["N", 3, size, size], "dtype": "float32",
                   "values": "RGB 0..255 (normalisation inside)", "img_size": size, "resize": run.input["resize"],
                   "crop": run.input["crop"], "windows": run.input.get("windows"),

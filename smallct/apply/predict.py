@@ -1,9 +1,11 @@
 """Apply the fold models of cross-validation runs to new images: ``python -m smallct.predict``.
 
 Every fold checkpoint of a cross-validation run is loaded and applied; their probabilities are
-averaged (an ensemble), optionally with test-time augmentation (the left-right mirror, as in
-training's evaluation). Several runs (``--run A --run B``, for example resnext50 and seresnet50)
-are averaged with equal weight per run, each run's folds first. Images become model inputs exactly as
+averaged (an ensemble), with test-time augmentation (the left-right mirror) where the run evaluated its
+test folds with it (``run.json``'s ``tta``, :func:`run_tta`; on by default in smallct.cv), so that a fold model
+gives its ``oof.csv`` probabilities again; ``tta=True``/``False`` (``--tta``/``--no-tta``) overrides it.
+Several runs (``--run A --run B``, for example resnext50 and seresnet50) are averaged with equal weight per
+run, each run's folds first. Images become model inputs exactly as
 the run's training images did (:func:`model_inputs`): the size, resize mode, crop, CT windows, mean and
 std are read from ``run.json``, never typed again.
 
@@ -126,21 +128,29 @@ def load_models(run: Run, checkpoints: Sequence[Checkpoint], device: torch.devic
 
 
 def fold_probabilities(run: Run, x: torch.Tensor, checkpoints: Sequence[Checkpoint] | None = None,
-                       tta: bool = False, device: torch.device | None = None, batch_size: int = 64,
+                       tta: bool | None = None, device: torch.device | None = None, batch_size: int = 64,
                        progress: bool = True, models: Sequence[nn.Module] | None = None) -> np.ndarray:
     """Probabilities of each fold model of ``run`` on prepared images ``x``: (K, N, C).
 
     ``x`` is uint8 (N, 3, S, S) from :func:`model_inputs` with ``run.input``; the run's mean and
-    std normalise it. With ``tta`` each model averages the image and its left-right mirror.
+    std normalise it. With ``tta`` each model averages the image and its left-right mirror (None: as the run
+    evaluated its test folds, :func:`run_tta`).
     ``models`` (from :func:`load_models`) saves loading the checkpoints again.
     """
     device = device or torch.device("cpu")
     if models is None:
         models = load_models(run, select_checkpoints(run) if checkpoints is None else checkpoints, device)
     mean, std = run.input["mean"], run.input["std"]
+    tta = run_tta(run) if tta is None else tta
     return np.stack([predict_proba(m, x, mean, std, run.task, tta, batch_size, device, amp=run.amp)
                      for m in tqdm(models, desc=f"{run.arch} fold models", unit="model", disable=not progress,
                                    leave=False)])
+
+
+def run_tta(run: Run) -> bool:
+    """Whether ``run`` evaluated its test folds with left-right TTA (``run.json``'s ``tta``): what predicting
+    with its fold models does by default, so that they give their out-of-fold probabilities again."""
+    return run.tta
 
 
 def check_compatible(runs: Sequence[Run]) -> None:
@@ -166,13 +176,14 @@ def probability_columns(P: np.ndarray, task: str, class_names: Sequence[str]) ->
     return cols
 
 
-def predict(runs: Sequence[Run | str | Path], files: Sequence[str | Path], tta: bool = False,
+def predict(runs: Sequence[Run | str | Path], files: Sequence[str | Path], tta: bool | None = None,
             folds: Sequence[str] | None = None, device: str = "auto", batch_size: int = 64, workers: int = 0,
             chunk: int = CHUNK, progress: bool = True, log=print) -> pd.DataFrame:
     """Ensemble prediction of one or more runs on image or DICOM files: one row per file.
 
     Each run's fold models (or the ``folds`` named, e.g. ``["r0_f1"]``) are averaged, then the runs
-    are averaged with equal weight. Images are prepared ``chunk`` at a time (no disk cache), so a
+    are averaged with equal weight. ``tta``: left-right TTA for every run; None (default): each run as it
+    evaluated its test folds (:func:`run_tta`). Images are prepared ``chunk`` at a time (no disk cache), so a
     large test set never sits in memory whole. See the module docstring for the columns.
     """
     runs = [r if isinstance(r, Run) else load_run(r) for r in runs]
@@ -182,21 +193,22 @@ def predict(runs: Sequence[Run | str | Path], files: Sequence[str | Path], tta: 
     log(f"smallct.predict: {class_note(runs[0].task, runs[0].class_names)}")
     files = [Path(f) for f in files]
     dev = resolve_device(device)
-    models = []
-    for run in runs:
+    models, ttas = [], [run_tta(run) if tta is None else tta for run in runs]
+    for run, with_tta in zip(runs, ttas):
         checkpoints = select_checkpoints(run, folds)
-        log(f"smallct.predict: {run.path}: {len(checkpoints)} {run.arch} fold models at {run.input['img_size']} px"
-            + (" with left-right TTA" if tta else ""))
+        said = "as the run was evaluated" if tta is None else "asked for"
+        log(f"smallct.predict: {run.path}: {len(checkpoints)} {run.arch} fold models at {run.input['img_size']} px, "
+            + (f"with left-right TTA ({said})" if with_tta else f"without TTA ({said})"))
         models.append(load_models(run, checkpoints, dev))
     P = []
     for start in tqdm(range(0, len(files), chunk), desc=f"predicting {len(files)} images", unit="chunk",
                       disable=not progress or len(files) <= chunk, leave=False):
         part, prepared, per_run = files[start:start + chunk], {}, []
-        for run, run_models in zip(runs, models):
+        for run, run_models, with_tta in zip(runs, models, ttas):
             key = json.dumps({k: run.input.get(k) for k in ("img_size", "resize", "crop", "windows", "prepared_size")})
             if key not in prepared:  # runs that prepare images alike share them
                 prepared[key] = model_inputs(part, run.input, workers, progress, cache=False)
-            per_run.append(fold_probabilities(run, prepared[key], tta=tta, device=dev, batch_size=batch_size,
+            per_run.append(fold_probabilities(run, prepared[key], tta=with_tta, device=dev, batch_size=batch_size,
                                               progress=False, models=run_models).mean(0))
         P.append(np.mean(per_run, axis=0))
     P = np.concatenate(P)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from smallct.config.run import CV_GROUPS
-from smallct.config.schema import Setting, bounds, build, read_settings, settings
+from smallct.config.schema import Setting, bounds, build, read_settings, settings, settings_chosen_on
 
 
 def comma_list(kind=str):
@@ -81,15 +81,22 @@ def given(args: argparse.Namespace, cls: type, names: Iterable[str] | None = Non
     return {k: v for k, v in vars(args).items() if k in known}
 
 
-def build_config(cls: type, args: argparse.Namespace, params: str | Path | None = None, where: str = "command line"):
-    """A ``cls`` config: its defaults, then the settings file ``params`` (when given), then the flags given.
+def build_config(cls: type, args: argparse.Namespace, params: str | Path | None = None, where: str = "command line",
+                 skip: Iterable[str] = ()):
+    """A ``cls`` config: its defaults, then the settings file ``params`` (when given), then the flags given (but
+    those named in ``skip``).
 
+    The one owner of what a config records of its settings file (cv's and tune's ``--params``, each of nested's
+    ``--candidates``): ``params_source`` (where the settings came from, for results.json) and ``params_chosen_on``
+    (the file's ``_chosen_on``: the images they were chosen or compared on; None when it does not say).
     Returns ``(config, source)``; ``source`` says where settings came from when a file was read (else None).
     """
     values, source = {}, None
     if params is not None:
         values, source = read_settings(params, cls)
-    return build(cls, {**values, **given(args, cls)}, where=where), source
+        values.update(params_source=source, params_chosen_on=settings_chosen_on(params))
+    flags = {k: v for k, v in given(args, cls).items() if k not in set(skip)}
+    return build(cls, {**values, **flags}, where=where), source
 
 
 def add_cv_settings(parser: argparse.ArgumentParser, cls: type, skip: Iterable[str] = (),

@@ -138,12 +138,14 @@ class CVConfig:
     arch: str = option("resnet18", "resnet18..resnet152, any torchvision or timm model name")
     weights: str = option("imagenet", "imagenet, none (random initialisation), a PATH to a state dict, or named "
                                       "weights: torchvision's (IMAGENET1K_V2), timm's (resnet50.a1_in1k), "
-                                      "hf-hub:ORG/NAME or a tag registered with register_weights; downloaded into "
-                                      "the torch hub or Hugging Face cache on first use")
+                                      "hf-hub:ORG/NAME, a tag registered with register_weights, or a lab's file: "
+                                      "URL#sha256=HEX (optionally &mean=R,G,B&std=R,G,B&input_size=PX) or a "
+                                      "weights.yaml naming url, sha256, mean, std, input_size; downloaded into the "
+                                      "torch hub or Hugging Face cache on first use")
     offline: bool = option(False, OFFLINE_HELP, file=False)
     task: Task | None = option(None, "default: from the data (multilabel for a prepared RSNA folder)")
     folds: int = option(5, "cross-validation folds", ge=2)
-    repeats: int = option(1, "repeats of the cross-validation (repeat r: the folds of seed + r)", ge=1)
+    repeats: int = option(1, "repeats of the cross-validation (each its own fold draw; repeat 0: that of --seed)", ge=1)
     seed: int = option(0, "seed of the folds, the initialisation and the augmentation", ge=0)
     device: str = option("auto", "auto, cpu or cuda", **DEVICE)
     threads: int | None = option(None, THREADS_HELP, ge=1, file=False)
@@ -151,6 +153,9 @@ class CVConfig:
     workers: int = option(0, "decoding processes (0: every core)", ge=0)
     params_source: str | None = option(None, "where tuned settings came from (recorded in results.json)",
                                        cli=False, file=False)
+    params_chosen_on: str | None = option(None, "the images the --params settings were chosen or compared on: "
+                                                "their data fingerprint, the file's _chosen_on (None: not recorded)",
+                                          cli=False, file=False)
     test_curves: bool = option(True, "evaluate the test fold after every epoch for curves.png (--no-test-curves "
                                      "saves that time, about 10%; nothing is chosen on it)")
     tensorboard: bool = option(True, TENSORBOARD_HELP, file=False)

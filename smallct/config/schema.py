@@ -285,12 +285,7 @@ def resolve_params_path(params: str | Path) -> Path:
     raise ValueError(f"{params}: no such settings file, nor a recipe (recipes: {known})")
 
 
-def read_settings(params: str | Path, cls: type) -> tuple[dict[str, Any], str]:
-    """The settings of a JSON settings file or recipe, typed and checked against ``cls``, and where they came from.
-
-    Keys are setting names (``lr``, ``weight_decay``, ``img_size``, ...); keys starting with ``_`` are
-    metadata (``_note`` says where the settings came from; it is recorded in results.json).
-    """
+def _read_settings_file(params: str | Path) -> tuple[Path, dict[str, Any]]:
     path = resolve_params_path(params)
     try:
         values = json.loads(path.read_text())
@@ -298,6 +293,25 @@ def read_settings(params: str | Path, cls: type) -> tuple[dict[str, Any], str]:
         raise ValueError(f"{path}: cannot read settings JSON ({err})") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a JSON object of settings")
+    return path, values
+
+
+def settings_chosen_on(params: str | Path) -> str | None:
+    """The images a settings file's or recipe's settings were chosen or compared on: its ``_chosen_on`` (the data
+    fingerprint of :func:`smallct.datasets.folder.data_fingerprint`); None when the file does not record it."""
+    chosen_on = _read_settings_file(params)[1].get("_chosen_on")
+    return str(chosen_on) if chosen_on else None
+
+
+def read_settings(params: str | Path, cls: type) -> tuple[dict[str, Any], str]:
+    """The settings of a JSON settings file or recipe, typed and checked against ``cls``, and where they came from.
+
+    Keys are setting names (``lr``, ``weight_decay``, ``img_size``, ...); keys starting with ``_`` are
+    metadata (``_note`` says where the settings came from; it is recorded in results.json; ``_chosen_on``, the
+    images they were chosen on: :func:`settings_chosen_on`). A relative weights.yaml under ``weights`` is found
+    beside the settings file, not in the working folder (:func:`weights_file_of`).
+    """
+    path, values = _read_settings_file(params)
     allowed = file_settings(cls)
     found = {k: v for k, v in values.items() if not k.startswith("_")}
     unknown = [k for k in found if k not in allowed]
@@ -307,4 +321,18 @@ def read_settings(params: str | Path, cls: type) -> tuple[dict[str, Any], str]:
     typed = {k: coerce(allowed[k], v, f"{path}: {k}") for k, v in found.items()}
     for k, v in typed.items():
         check_value(allowed[k], v, f"{path}: {k}")
+    if isinstance(typed.get("weights"), str):
+        typed["weights"] = weights_file_of(typed["weights"], path.parent)
     return typed, f"{path}: {values.get('_note', 'settings read from this file')}"
+
+
+def weights_file_of(weights: str, folder: Path | None = None) -> str:
+    """``weights`` with a relative weights.yaml (``weights: lab.yaml``) made a path from ``folder`` (that of the
+    settings file naming it), or absolute when ``folder`` is None (a record written elsewhere, such as
+    best_params.json); any other value (a name, a URL, a state dict's PATH) as it is."""
+    if not weights.endswith((".yaml", ".yml")) or weights.startswith(("http://", "https://")):
+        return weights
+    file = Path(weights).expanduser()
+    if file.is_absolute():
+        return str(file)
+    return str(folder / file) if folder is not None else str(file.resolve())

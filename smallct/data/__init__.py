@@ -13,7 +13,8 @@ from smallct._lazy import exports
 __all__, __getattr__, __dir__ = exports(__name__, {
     "smallct.data.transforms": ["augment", "normalize", "random_affine", "random_flip"],
     "smallct.data.cache": ["cache_key", "decode_all", "load_images"],
-    "smallct.data.folds": ["Folds", "fold_assignment", "make_folds"],
+    "smallct.data.folds": ["Folds", "check_fold_classes", "fold_assignment", "make_folds"],
+    "smallct.data.seeds": ["FOLDS_SCHEME", "episode_seed", "fit_seed", "fold_draw_seed", "subset_seed"],
     "smallct.data.similar": ["Grouping", "combine_groups", "near_duplicate_groups", "plausible_cut", "similar_groups",
         "similarity"],
 }, fallback=_legacy.forward(__name__))  # smallct 0.1's smallct.data (the Head CT manifest): verify, build_manifest

@@ -20,7 +20,9 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from smallct.config.run import GROUP_SIMILAR
+from smallct.data.seeds import FOLDS_SCHEME, SCHEMES, fold_draw_seed
 from smallct.data.similar import Grouping, near_duplicate_groups
+from smallct.datasets.classes import check_class_sizes
 from smallct.datasets.folder import Dataset
 from smallct.evaluation.intervals import Units
 
@@ -76,15 +78,44 @@ class Folds:
         """What ``run.json`` records of the near-duplicates: the thresholds, the pairs by image id, what was done."""
         return self.grouping.record(ids)
 
+    @property
+    def scheme(self) -> int:
+        """The fold scheme that drew these folds (``run.json``'s ``folds_scheme``; :mod:`smallct.data.seeds`)."""
+        return FOLDS_SCHEME
+
     def resampling_record(self) -> dict:
         """What ``run.json`` records for the intervals: the unit, how many, and each image's group."""
         units = self.units
         return {**units.record(), "groups": None if units.groups is None else [int(g) for g in units.groups]}
 
 
+def scheme_note(a: dict, b: dict, names: tuple[str, str]) -> str | None:
+    """Why two ``run.json`` records' fold assignments differ when the fold scheme is the cause: other schemes,
+    the same images, repeats and repeat 0 (which every scheme draws alike). A phrase naming the schemes of the
+    runs called ``names``; None when the cause is elsewhere (settings, data)."""
+    schemes = [int(r.get("folds_scheme", 1)) for r in (a, b)]  # none recorded: scheme 1, smallct <= 0.3
+    fa, fb = a["folds"], b["folds"]
+    same_draws = len(fa["assignment"]) == len(fb["assignment"]) and fa["assignment"][:1] == fb["assignment"][:1]
+    if schemes[0] == schemes[1] or fa["ids"] != fb["ids"] or not same_draws:
+        return None
+    (old_name, old), (new_name, new) = sorted(zip(names, schemes), key=lambda x: x[1])
+    name = [SCHEMES.get(n, f"fold scheme {n}") for n in (old, new)]
+    return f"{old_name} was made by {name[0]}, {new_name} by {name[1]}, which draws the folds of repeats >= 1 otherwise"
+
+
+def check_fold_classes(dataset: Dataset, folds: int) -> None:
+    """``ValueError`` (one line naming the class, its count and its ids) when a class of ``dataset`` has fewer than
+    ``folds`` images (:func:`smallct.datasets.classes.check_class_sizes`). :func:`make_folds` checks it; a command
+    calls it right after loading the data, before weights are resolved or images decoded."""
+    fix = ("correct the labels, leave that class's images out or use fewer folds" if folds > 2
+           else "correct the labels or leave that class's images out")
+    check_class_sizes(dataset, folds, f"--folds {folds} needs at least {folds} images of every class (one in each "
+                      f"test fold): {fix}")
+
+
 def make_folds(dataset: Dataset, folds: int = 5, repeats: int = 1, seed: int = 0,
                group_similar: float | None = GROUP_SIMILAR, workers: int = 0, progress: bool = True,
-               log=print) -> Folds:
+               log=print, grouping: Grouping | None = None) -> Folds:
     """The folds of a run on ``dataset``: near-duplicates and patients kept together, stratified by label.
 
     Parameters
@@ -92,15 +123,27 @@ def make_folds(dataset: Dataset, folds: int = 5, repeats: int = 1, seed: int = 0
     dataset
         The labelled images (``dataset.groups``: patients, when known).
     folds, repeats, seed
-        ``repeats`` draws of ``folds`` folds; repeat ``r`` shuffles with ``seed + r``.
+        ``repeats`` draws of ``folds`` folds; repeat ``r`` shuffles with ``fold_draw_seed(seed, r)``
+        (:mod:`smallct.data.seeds`; repeat 0: ``seed``).
     group_similar
         Thumbnail correlation at which images count as near-duplicates (None: not looked for).
     workers, progress
         How the thumbnails are decoded: always one canonical way, whatever the run's preprocessing, so the
         folds depend only on the files (:func:`smallct.data.similar.near_duplicate_groups`).
+    grouping
+        The groups to keep whole, already found (nested CV's inner folds: the outer folds' groups of the
+        training part, :meth:`Grouping.subset`); then nothing is looked for again.
+
+    Raises
+    ------
+    ValueError
+        A class with fewer than ``folds`` images, in one line naming it, its count and its ids
+        (:func:`smallct.datasets.classes.check_class_sizes`), before any thumbnail is read.
     """
-    grouping = near_duplicate_groups(dataset, group_similar, workers, progress, log)
-    assignment = fold_assignment(dataset.labels, folds, repeats, seed, grouping.groups)
+    check_fold_classes(dataset, folds)
+    if grouping is None:
+        grouping = near_duplicate_groups(dataset, group_similar, workers, progress, log)
+    assignment = fold_assignment(dataset.labels, folds, repeats, seed, grouping.groups, grouping.unit)
     return Folds(assignment, grouping)
 
 
@@ -138,10 +181,13 @@ def _strata(labels: np.ndarray, folds: int = 5, groups: np.ndarray | None = None
 
 
 def fold_assignment(labels: np.ndarray, folds: int = 5, repeats: int = 1, seed: int = 0,
-                    groups: np.ndarray | None = None) -> np.ndarray:
+                    groups: np.ndarray | None = None, unit: str = "groups") -> np.ndarray:
     """Test-fold index of every image in every repeat: int array (repeats, N), stratified, groups kept whole.
 
-    Repeat ``r`` shuffles with ``seed + r``, so the same seed always gives the same folds.
+    ``unit`` names what a group is in the error for too few of them (patients, near-duplicate groups, ...).
+
+    Repeat ``r`` shuffles with :func:`smallct.data.seeds.fold_draw_seed` (repeat 0: ``seed``), so the same seed
+    always gives the same folds and no two (seed, repeat) share a draw.
     """
     strata = _strata(labels, folds, groups)
     n = len(strata)
@@ -152,14 +198,16 @@ def fold_assignment(labels: np.ndarray, folds: int = 5, repeats: int = 1, seed: 
         raise ValueError(f"--folds {folds}: the smallest class has only {counts.min()} images; "
                          f"use at most {counts.min()} folds")
     if groups is not None and len(np.unique(groups)) < folds:
-        raise ValueError(f"--folds {folds}: only {len(np.unique(groups))} patients; use fewer folds")
+        of = f" of {n} images" if unit != "images" else ""
+        raise ValueError(f"--folds {folds}: only {len(np.unique(groups))} {unit}{of} (each kept in one fold); use "
+                         "fewer folds")
     out = np.full((repeats, n), -1, dtype=np.int64)
     for r in range(repeats):
         if groups is None:
-            splitter = StratifiedKFold(folds, shuffle=True, random_state=seed + r)
+            splitter = StratifiedKFold(folds, shuffle=True, random_state=fold_draw_seed(seed, r))
             splits = splitter.split(np.zeros(n), strata)
         else:
-            splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed + r)
+            splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=fold_draw_seed(seed, r))
             splits = splitter.split(np.zeros(n), strata, groups)
         for k, (_, test) in enumerate(splits):
             out[r, test] = k

@@ -18,7 +18,7 @@ a ``ValueError`` says how to choose (``--group-similar 0`` turns grouping off kn
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -104,6 +104,15 @@ class Grouping:
         """What ``run.json`` records: the thresholds, the pairs by image id, what was done."""
         return {"threshold": self.threshold, "cut_above": self.cut_above, "unit": self.unit, "note": self.note,
                 "pairs": [[ids[i], ids[j], round(c, 4)] for i, j, c in self.pairs]}
+
+    def subset(self, index) -> "Grouping":
+        """The grouping of the images ``index`` (in that order): their groups and pairs as found on the whole set,
+        never looked for again (a fresh cut on fewer images can be stricter and split a group)."""
+        index = np.asarray(index)
+        where = {int(i): n for n, i in enumerate(index)}
+        pairs = [(where[i], where[j], c) for i, j, c in self.pairs if i in where and j in where]
+        groups = None if self.groups is None else np.unique(self.groups[index], return_inverse=True)[1].ravel()
+        return replace(self, groups=groups, pairs=pairs, note=f"the groups of the whole set, kept ({self.note})")
 
 
 def plausible_cut(owner: np.ndarray, pairs: list[tuple[int, int, float]], share: float = PLAUSIBLE_SHARE

@@ -10,6 +10,9 @@ refer to a class by accident:
   their sorted order says nothing. ``class_names`` lists them in the order wanted (all of them);
 * the positive class is always index 1, so that probability column 1 is its probability;
 * multi-class and multi-label sets have no positive class: every class has its own ``prob_<class>``.
+
+:func:`check_class_sizes` refuses a class with fewer images than a command needs (``--folds``), naming it, its
+count and its ids: a stray label would otherwise run as a class of its own.
 """
 
 from __future__ import annotations
@@ -91,6 +94,29 @@ def name_classes(dataset: Any, class_names: Sequence[str] | None = None, positiv
     if positive == 0:
         names, labels = names[::-1], 1 - labels
     return dataclasses.replace(dataset, class_names=names, labels=labels, positive_class=names[1])
+
+
+def check_class_sizes(dataset: Any, at_least: int, need: str) -> None:
+    """``ValueError`` (one line) when a class of ``dataset`` has fewer than ``at_least`` images, naming each such
+    class, its count and its ids, and the labels file (``dataset.source``): a stray label (a ``2`` among 0/1)
+    would otherwise run as a class of its own. ``need`` ends the line: who needs them and the fix (``--folds 5
+    needs ...: correct the labels or ...``). Multi-label sets are not checked (their label combinations are merged, see
+    :func:`smallct.data.folds.make_folds`)."""
+    labels = np.asarray(dataset.labels)
+    if labels.ndim != 1:
+        return
+    counts = np.bincount(labels, minlength=len(dataset.class_names)).tolist()
+    small = [c for c in range(len(counts)) if counts[c] < at_least]
+    if not small:
+        return
+
+    def ids(c: int) -> str:
+        found = [str(dataset.ids[i]) for i in np.flatnonzero(labels == c)]
+        return ", ".join(found[:8]) + (f", ... ({len(found)} in all)" if len(found) > 8 else "")
+
+    listed = "; ".join(f"class {dataset.class_names[c]} has {counts[c]} image{'s' * (counts[c] != 1)}"
+                       + (f" ({ids(c)})" if counts[c] else "") for c in small)
+    raise ValueError(f"{dataset.source}: {listed}; {need}")
 
 
 def class_note(task: str, class_names: Sequence[str]) -> str:

@@ -21,6 +21,7 @@ say; :func:`load_dataset` also names them and puts the positive one of two at in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
@@ -33,7 +34,7 @@ import pandas as pd
 
 from smallct.config.run import DataConfig
 from smallct.datasets.classes import name_classes
-from smallct.datasets.head_ct import HEAD_CT_CLASSES, is_head_ct
+from smallct.datasets.known import HEAD_CT_CLASSES, known_classes
 from smallct.datasets.phantom import phantom_folder
 from smallct.datasets.rsna import LABELS
 from smallct.io.images import IMAGE_SUFFIXES, list_images
@@ -74,6 +75,16 @@ class Dataset:
             labels=self.labels[index], class_names=self.class_names, task=self.task,
             groups=None if self.groups is None else self.groups[index], source=self.source, meta=self.meta,
             positive_class=self.positive_class)
+
+
+def data_fingerprint(dataset: Dataset) -> str:
+    """Ids, labels and classes: equal on every machine that holds the same data, wherever it lies (what a study
+    and a settings file's ``_chosen_on`` record of the images they chose on). Labels are hashed as little-endian
+    int64 whatever their dtype (int32 or int64 labels of the same set give the same fingerprint)."""
+    h = hashlib.sha1("|".join(dataset.ids).encode())
+    h.update(np.ascontiguousarray(dataset.labels, dtype="<i8").tobytes())
+    h.update("|".join(dataset.class_names).encode())
+    return h.hexdigest()[:16]
 
 
 def _short(items, limit: int = 8) -> str:
@@ -235,14 +246,15 @@ def load_dataset(folder: str | Path, labels: str | Path | None = None, id_col: s
     """Find and read the labels of an image folder (:func:`read_labelled_folder`), and name its classes.
 
     ``class_names`` and ``positive_class`` are ``--class-names`` and ``--positive-class``
-    (:func:`smallct.datasets.classes.name_classes`): of two classes the positive one is index 1. The Kaggle
-    Head CT set, recognised by its manifest, gets :data:`smallct.datasets.head_ct.HEAD_CT_CLASSES`.
+    (:func:`smallct.datasets.classes.name_classes`): of two classes the positive one is index 1. A set known by
+    its content (:data:`smallct.datasets.known.KNOWN_SETS`; the Kaggle Head CT set, by its manifest) gets its
+    class names.
     ``ValueError`` (one line, naming both) for two text classes and no ``positive_class``.
     """
     dataset = read_labelled_folder(folder, labels, id_col, label_col)
     default = None
-    if class_names is None and dataset.task == "binary" and dataset.class_names == ["0", "1"]:
-        default = HEAD_CT_CLASSES if is_head_ct(folder, dataset.files, dataset.label_names()) else None
+    if class_names is None:
+        default = known_classes(folder, dataset)
     return name_classes(dataset, class_names, positive_class, default)
 
 

@@ -4,39 +4,28 @@
 (``smallct/datasets/head_ct_manifest.csv``, the same as ``data_manifest.csv`` at the top of the
 repository) and names every missing, changed or unexpected file (``python -m smallct.data verify DIR``).
 :func:`build_manifest` writes the manifest of a folder (``python -m smallct.data manifest DIR``).
-:func:`is_head_ct` recognises the set by the manifest, so that its 0/1 labels get their names
-(:data:`HEAD_CT_CLASSES`).
+The set's facts (:data:`HEAD_CT_CLASSES`, the packaged manifest, :func:`is_head_ct`) are kept by
+:mod:`smallct.datasets.known`, which the folder reader asks to recognise a set, and are named here too.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
+from smallct.datasets.folder import read_labelled_folder
+from smallct.datasets.known import (HEAD_CT_CLASSES, HEAD_CT_SOURCE, MANIFEST, MANIFEST_COLUMNS, is_head_ct,
+                                    packaged_manifest, sha256)
 from smallct.io.images import describe_image, list_images
 
-HEAD_CT_SOURCE = "kaggle:felipekitamura/head-ct-hemorrhage"
-MANIFEST_COLUMNS = ["file", "label", "sha256", "mode", "width", "height", "source"]
-MANIFEST = "head_ct_manifest.csv"  # inside this package
-HEAD_CT_CLASSES = ["normal", "hemorrhage"]  # the names of labels 0 and 1 (column ``hemorrhage`` of labels.csv)
-
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["HEAD_CT_CLASSES", "HEAD_CT_SOURCE", "MANIFEST", "MANIFEST_COLUMNS", "VerifyReport", "build_manifest",
+           "is_head_ct", "packaged_manifest", "sha256", "verify"]
 
 
 def build_manifest(folder: str | Path, source: str = HEAD_CT_SOURCE) -> pd.DataFrame:
     """One row per image of ``folder``: file, label, sha256, mode, width, height, source."""
-    from smallct.datasets.folder import read_labelled_folder  # folder.py imports is_head_ct from here
-
     folder = Path(folder)
     dataset = read_labelled_folder(folder)
     rows = []
@@ -45,12 +34,6 @@ def build_manifest(folder: str | Path, source: str = HEAD_CT_SOURCE) -> pd.DataF
         rows.append({"file": str(path.relative_to(folder)), "label": label, "sha256": sha256(path),
                      "mode": info["mode"], "width": info["width"], "height": info["height"], "source": source})
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-
-
-def packaged_manifest() -> pd.DataFrame:
-    """The Head CT manifest shipped inside the package."""
-    with resources.files("smallct.datasets").joinpath(MANIFEST).open("r") as fh:
-        return pd.read_csv(fh, dtype={"label": str})
 
 
 @dataclass
@@ -96,8 +79,6 @@ def verify(folder: str | Path, manifest: pd.DataFrame | None = None) -> VerifyRe
         if sha256(path) != row.sha256:
             report.changed.append(row.file)
     report.unexpected = sorted(present - set(manifest["file"]))
-    from smallct.datasets.folder import read_labelled_folder  # folder.py imports is_head_ct from here
-
     try:
         dataset = read_labelled_folder(folder)
         labels = {str(p.relative_to(folder)): lab for p, lab in zip(dataset.files, dataset.label_names())}
@@ -107,17 +88,3 @@ def verify(folder: str | Path, manifest: pd.DataFrame | None = None) -> VerifyRe
         pass  # missing files are reported above; a labels problem shows up in cv with its own message
     return report
 
-
-def is_head_ct(folder: str | Path, files: list[Path], labels: list[str]) -> bool:
-    """Whether ``files`` (in ``folder``) with ``labels`` (``"0"``/``"1"``, one per file) are the Kaggle Head CT set as
-    distributed: the manifest's file names and labels, and each file's content (SHA-256, about 0.1 s for the set)."""
-    manifest = packaged_manifest()
-    if len(files) != len(manifest):
-        return False
-    try:
-        found = {Path(f).relative_to(folder).as_posix(): str(lab) for f, lab in zip(files, labels)}
-    except ValueError:  # a file outside the folder
-        return False
-    if found != dict(zip(manifest["file"], manifest["label"].astype(str))):
-        return False
-    return all(sha256(Path(folder) / row.file) == row.sha256 for row in manifest.itertuples())

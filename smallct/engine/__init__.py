@@ -3,7 +3,7 @@
 ``train``: :func:`fit`, :func:`predict_proba`, :func:`resolve_device`; ``run_folder``: :class:`RunFolder`
 (names, writes and reads every file of a run), :func:`load_run`, :func:`load_fold_model`; ``results``:
 the run's tables and pooled figures; ``estimate``: durations; ``cv``: :func:`run_cv`; ``nested``:
-:func:`run_nested`; ``tracking``: :class:`Tracker` (TensorBoard and MLflow).
+:func:`run_nested`; ``tracking``: :class:`Tracker` (TensorBoard and MLflow; ``mlflow_run``: one MLflow run).
 """
 
 from smallct._lazy import exports

@@ -21,7 +21,9 @@ import torch
 from smallct.config.run import CVConfig
 from smallct.config.schema import flat
 from smallct.data.cache import load_images
-from smallct.data.folds import Folds, make_folds
+from smallct.data.folds import Folds, check_fold_classes, make_folds
+from smallct.data.similar import Grouping
+from smallct.data.seeds import fit_seed
 from smallct.datasets.classes import class_note
 from smallct.datasets.explore import size_note
 from smallct.datasets.folder import Dataset, load_data
@@ -76,28 +78,33 @@ def check_task(cfg: CVConfig, dataset: Dataset) -> None:
         raise ValueError(f"--task {cfg.task}: the data ({dataset.source}) is a {dataset.task} task")
 
 
-def folds_of(cfg: CVConfig, dataset: Dataset, progress: bool = True, log=print) -> Folds:
-    """The folds of a run of ``cfg`` on ``dataset`` (:func:`smallct.data.folds.make_folds`)."""
+def folds_of(cfg: CVConfig, dataset: Dataset, progress: bool = True, log=print,
+             grouping: Grouping | None = None) -> Folds:
+    """The folds of a run of ``cfg`` on ``dataset`` (:func:`smallct.data.folds.make_folds`); ``grouping``: the
+    groups to keep whole, already found (nested CV's inner runs inherit the outer ones)."""
     return make_folds(dataset, cfg.folds, cfg.repeats, cfg.seed, cfg.data.group_similar, cfg.workers,
-                      progress, log)
+                      progress, log, grouping)
 
 
 @with_threads()
 def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True, log=print,
            on_epoch=None, estimate: bool = True, images: torch.Tensor | None = None,
-           parent: Tracker | None = None) -> CVResult:
+           parent: Tracker | None = None, grouping: Grouping | None = None) -> CVResult:
     """Run (or resume) a cross-validation and write the run folder ``cfg.out``.
 
     ``on_epoch(repeat, fold, record)`` is called after every epoch (a tuner reports to its pruner
     there). ``estimate=False`` skips the timed steps of the duration estimate (a tuner's trials).
     ``images`` (N, 3, S, S) uint8 are ``dataset``'s images already decoded as ``cfg.data`` says
-    (smallct.nested passes slices of its own); by default they are decoded (and cached) here.
+    (smallct.nested passes slices of its own); by default they are decoded (and cached) here. ``grouping``:
+    the groups the folds keep whole, when already found (smallct.nested: the outer folds' groups of its training
+    part, never a fresh near-duplicate search on fewer images).
     The run is tracked as ``cfg.tensorboard`` and ``cfg.mlflow`` say (:mod:`smallct.engine.tracking`); its MLflow
     run is nested under ``parent``'s (a study's, a nested CV's).
     Every input (data, weights, device, images, folds) is checked before anything is written under
     ``cfg.out``; torch runs at ``cfg.threads`` threads. Returns a :class:`CVResult`.
     """
     dataset = dataset if dataset is not None else load_data(cfg.data, cfg.seed, log)  # first: no data, no run
+    check_fold_classes(dataset, cfg.folds)  # a stray label: stops before any download or decoding
     source = resolve_weights(cfg.arch, cfg.weights, offline=cfg.offline)  # then: no weights, no run
     check_task(cfg, dataset)
     device = resolve_device(cfg.device)
@@ -107,7 +114,7 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
                              progress=progress)
     elif tuple(images.shape) != (len(dataset), 3, img_size, img_size):
         raise ValueError(f"images: shape {tuple(images.shape)}, expected {(len(dataset), 3, img_size, img_size)}")
-    folds = folds_of(cfg, dataset, progress, log)
+    folds = folds_of(cfg, dataset, progress, log, grouping)
     folder = RunFolder(cfg.out)
     record = run_record(cfg, dataset, source, img_size, folds, device=device)
     if folder.is_nested():  # its results.json and oof.csv carry more than a cv run's
@@ -121,6 +128,9 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
         f"{cfg.folds} folds x {cfg.repeats} repeats, {cfg.train.epochs} epochs on {device.type}"
         + (f"; resuming: {done} folds already done" if done else ""))
     log(class_note(dataset.task, dataset.class_names))
+    chosen = tables.settings_selection(cfg, dataset)[1]
+    if chosen:  # settings chosen on these images (or not saying where): the figures will be optimistic
+        log(chosen)
     note = size_note(dataset.files, cfg.data.data) if cfg.data.data is not None else None
     if note:  # one pointer line; the audit itself is smallct.audit
         log(note)
@@ -160,7 +170,7 @@ def train_fold(job: FoldJob, r: int, k: int, train: np.ndarray, test: np.ndarray
     loss raises ``FloatingPointError`` naming the fold; the folds finished before it are kept.
     """
     cfg, dataset = job.cfg, job.dataset
-    fold_seed = cfg.seed * 1000 + r * 100 + k
+    fold_seed = fit_seed(cfg.seed, r, k)
     torch.manual_seed(fold_seed)
     model = create_model(cfg.arch, len(dataset.class_names), job.source)
     labels = torch.as_tensor(dataset.labels)

@@ -45,7 +45,9 @@ from smallct.config.run import CVConfig, to_dict
 from smallct.config.schema import flat
 from smallct.config.studies import NestedConfig
 from smallct.data.cache import load_images
-from smallct.datasets.folder import Dataset, load_data
+from smallct.data.folds import check_fold_classes
+from smallct.data.similar import Grouping
+from smallct.datasets.folder import Dataset, data_fingerprint, load_data
 from smallct.engine.cv import CVResult, FoldJob, check_task, finish_run, folds_of, run_cv, train_fold, write_fold
 from smallct.engine.estimate import estimate_seconds, fmt_duration
 from smallct.engine.run_folder import (SETTINGS_THAT_CHANGE_RESULTS, RunFolder, fold_name, load_fold_model, load_run,
@@ -107,28 +109,24 @@ def _record(cfg: NestedConfig) -> dict:
             "outer_model": "refit on the outer training part" if cfg.refit else "mean of the inner fold models"}
 
 
-def _check_resume(folder: RunFolder, record: dict) -> bool:
-    """``ValueError`` when the folder holds a plain cv run, or a nested run of other candidates or settings with
-    finished folds; True when it holds one none of whose folds (inner or outer) finished: start it again."""
+def _nested_differences(folder: RunFolder, record: dict) -> list[str]:
+    """What differs between ``record`` (``nested.json``'s content) and the nested run in ``folder``: its candidates,
+    their settings and the choice rules, for :meth:`RunFolder.check_resume` (the one resume rule) to judge.
+    ``ValueError`` when the folder holds a plain cv run."""
     old = folder.read_nested()
     if old is None:
         if folder.has_record():
             raise ValueError(f"{folder.path}: holds a smallct.cv run, not a nested one; use another --out")
-        return False
+        return []
 
     def settings(r: dict) -> dict:
         return {n: {k: c.get(k) for k in SETTINGS_THAT_CHANGE_RESULTS} for n, c in r["candidates"].items()}
-    changed = [k for k in ("inner_folds", "select", "threshold", "outer_model") if old.get(k) != record[k]]
+    changed = [f"nested {k}" for k in ("inner_folds", "select", "threshold", "outer_model") if old.get(k) != record[k]]
     if list(old["candidates"]) != list(record["candidates"]):
         changed.insert(0, f"candidates ({', '.join(old['candidates'])} there)")
     elif settings(old) != settings(record):
         changed.insert(0, "the candidates' settings")
-    if changed and not folder.has_finished_folds():
-        return True
-    if changed:
-        raise ValueError(f"{folder.path}: holds a nested run with other {', '.join(changed)}; use another --out, "
-                         "or delete the folder to start again")
-    return False
+    return changed
 
 
 def estimate_nested_seconds(cfg: NestedConfig, dataset: Dataset, todo: list[tuple[int, int]], device,
@@ -163,6 +161,7 @@ def run_nested(cfg: NestedConfig, dataset: Dataset | None = None, progress: bool
     check_config(cfg)
     outer_cfg = _outer_config(cfg)
     dataset = dataset if dataset is not None else load_data(outer_cfg.data, outer_cfg.seed, log)  # no data, no run
+    check_fold_classes(dataset, outer_cfg.folds)  # a stray label: stops before any download or decoding
     sources = {n: resolve_weights(c.arch, c.weights, offline=c.offline)  # no weights, no run
                for n, c in cfg.candidates.items()}
     check_task(outer_cfg, dataset)
@@ -185,9 +184,9 @@ def run_nested(cfg: NestedConfig, dataset: Dataset | None = None, progress: bool
     first = next(iter(cfg.candidates))
     record = run_record(outer_cfg, dataset, sources[first], sizes[first], folds, device=device)
     record["nested"] = _record(cfg)
-    restart = _check_resume(folder, record["nested"])
+    resuming = folder.check_resume(record, _nested_differences(folder, record["nested"]))
     tracker = Tracker.for_run(outer_cfg, folder)  # the outer run; the inner runs are nested under it (MLflow)
-    folder.start(record, resuming=not restart and folder.check_resume(record), nested=record["nested"])
+    folder.start(record, resuming=resuming, nested=record["nested"])
     todo = [(r, k) for r in range(cfg.repeats) for k in range(cfg.folds) if not folder.is_done(r, k)]
     _log_start(cfg, dataset, todo, device, images_for, log)
 
@@ -199,7 +198,8 @@ def run_nested(cfg: NestedConfig, dataset: Dataset | None = None, progress: bool
         for r, k in tqdm(todo, desc="outer folds", unit="fold", disable=not progress):
             test, train = np.flatnonzero(folds.assignment[r] == k), np.flatnonzero(folds.assignment[r] != k)
             choice = choose_candidate(cfg, dataset.subset(train), r, k, progress, inner_log,
-                                      images=lambda name: images_for(name)[train], parent=tracker)
+                                      images=lambda name: images_for(name)[train], parent=tracker,
+                                      grouping=folds.grouping.subset(train))
             name = choice["candidate"]
             log(_choice_line(cfg, folder, r, k, choice))
             if cfg.refit:
@@ -253,7 +253,7 @@ def inner_ensemble_proba(inner_run: Path, images: torch.Tensor, device) -> np.nd
     probs = []
     for ckpt in run.checkpoints:
         model, info = load_fold_model(ckpt.path, device)
-        probs.append(predict_proba(model, images, info["mean"], info["std"], run.task, run.record["tta"],
+        probs.append(predict_proba(model, images, info["mean"], info["std"], run.task, run.tta,
                                    device=device, amp=run.amp))
     return np.mean(probs, axis=0)
 
@@ -268,12 +268,13 @@ def _append_to(path: Path):
 
 
 def choose_candidate(cfg: NestedConfig, train_part: Dataset, r: int, k: int, progress: bool = True,
-                     log=print, images=None, parent: Tracker | None = None) -> dict:
+                     log=print, images=None, parent: Tracker | None = None, grouping: Grouping | None = None) -> dict:
     """Cross-validate every candidate on one outer training part; the winner and, for binary tasks, its threshold.
 
     ``images(name)``, when given, returns the training part's images decoded for that candidate (else
     each inner run decodes them). The inner runs are tracked as their settings say, nested under ``parent``
-    (MLflow).
+    (MLflow). ``grouping``: the outer folds' groups of the training part, which the inner folds keep whole
+    (None: looked for again on the training part, as a cv run of it would).
 
     Returns ``{"candidate", "inner_scores": {name: figure}, "failed": {name: reason}}``, and for a binary
     task ``threshold`` and ``inner_accuracy_at_threshold`` (the winner's inner pooled accuracy there).
@@ -284,7 +285,8 @@ def choose_candidate(cfg: NestedConfig, train_part: Dataset, r: int, k: int, pro
     for name in cfg.candidates:
         try:
             inner = run_cv(_inner_config(cfg, name, r, k), dataset=train_part, progress=progress, log=log,
-                           estimate=False, images=None if images is None else images(name), parent=parent)
+                           estimate=False, images=None if images is None else images(name), parent=parent,
+                           grouping=grouping)
         except FAILURES as err:  # a diverging candidate loses this fold's choice, the others go on
             failed[name] = f"{type(err).__name__}: {err}"
             log(f"candidate {name}, outer fold r{r} f{k}: inner run failed ({failed[name]})")
@@ -318,6 +320,11 @@ def add_nested_results(result: CVResult, dataset: Dataset, cfg: NestedConfig, lo
                             "set) are not re-chosen here")
     results["nested"] = {**_record(cfg), "choices": choices, "times_chosen": counts}
     lines = ["chosen: " + ", ".join(f"{n} {c}x" for n, c in counts.items())]
+    seen = [n for n, c in cfg.candidates.items() if c.params_chosen_on == data_fingerprint(dataset)]
+    if seen:  # their settings files record these very images: every outer test fold took part in that choice
+        said = f"{', '.join(seen)}: settings chosen or compared on these same {len(dataset)} images (their _chosen_on)"
+        results["selection"] += f"; {said}, so the figures are optimistic for them"
+        lines.append(f"note: {said}; the figures are optimistic for them")
     if dataset.task == "binary" and all("threshold" in c for c in choices):
         figures = _figures_at_thresholds(result, folds, dataset, cfg)
         results["nested"]["at_chosen_threshold"] = figures

@@ -12,13 +12,14 @@ import numpy as np
 import pandas as pd
 
 from smallct.config.run import CVConfig
-from smallct.datasets.folder import Dataset
+from smallct.datasets.folder import Dataset, data_fingerprint
 from smallct.evaluation.intervals import Units, over_repeats, pooled_figures
 from smallct.evaluation.metrics import classification_metrics, summarize_folds
 from smallct.evaluation.multilabel import multilabel_metrics
 
 CI_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "weighted_log_loss", "mean_auc")  # figures with an interval
 N_BOOT = 1000  # bootstrap resamples of the pooled figures
+FIXED = "the model after the last epoch is evaluated at threshold 0.5 (no epoch or threshold is chosen on a test fold)"
 
 
 def fold_metrics(dataset: Dataset, y: np.ndarray, probs: np.ndarray) -> dict:
@@ -99,6 +100,32 @@ def fold_figures(folds: list[dict], task: str, labels: np.ndarray, repeats: int,
     return out
 
 
+def settings_selection(cfg: CVConfig, dataset: Dataset) -> tuple[str, str | None]:
+    """What a run chose, and on which images: ``results.json``'s ``selection``, and one console line (None: nothing
+    to warn of) when the ``--params`` settings were chosen or compared on these same images, or do not say where.
+
+    The images are compared by :func:`smallct.datasets.folder.data_fingerprint` against the settings file's
+    ``_chosen_on`` (``cfg.params_chosen_on``: a study's best_params.json and the shipped recipes record it).
+    """
+    n, nested = len(dataset), "python -m smallct.nested --candidates FILE[,FILE...] gives an honest one"
+    if cfg.params_source is None:
+        return ("the model after the last epoch is evaluated; nothing (epoch, threshold, setting) is chosen on a "
+                "test fold; threshold 0.5 is fixed"), None
+    if cfg.params_chosen_on == data_fingerprint(dataset):
+        return (f"the --params settings were chosen or compared on these same {n} images, on cross-validation folds "
+                "of them (settings_source says how), so every test fold here took part in that choice and the "
+                f"figures are optimistic (smallct.nested gives an honest one); {FIXED}",
+                f"note: the --params settings were chosen or compared on these same {n} images (a study's trials or "
+                f"a recipe's comparison): these figures are optimistic; {nested}")
+    if cfg.params_chosen_on:
+        return (f"the --params settings were chosen on an image set other than exactly these {n} (settings_source "
+                f"says which; it may share images with them); {FIXED}"), None
+    return (f"the --params settings do not record on which images they were chosen (settings_source): if on these "
+            f"{n}, the figures are optimistic (smallct.nested gives an honest one); {FIXED}",
+            f"note: the --params settings do not record on which images they were chosen; if on these {n}, these "
+            f"figures are optimistic: {nested}")
+
+
 def aggregate_results(folds: list[dict], dataset: Dataset, cfg: CVConfig, units: Units | None = None) -> dict:
     """Per-fold metrics, mean and std over folds, and pooled out-of-fold metrics with a bootstrap CI
     (:func:`fold_figures`), with the run's settings.
@@ -121,8 +148,7 @@ def aggregate_results(folds: list[dict], dataset: Dataset, cfg: CVConfig, units:
         "complete": complete,
         "per_fold": figures.pop("per_fold"),
         "mean_std_over_folds": figures.pop("mean_std_over_folds"),
-        "selection": ("the model after the last epoch is evaluated; nothing (epoch, threshold, setting) is chosen "
-                      "on a test fold; threshold 0.5 is fixed"),
+        "selection": settings_selection(cfg, dataset)[0],  # what was chosen, on which images
         "settings_source": cfg.params_source or "command line and defaults (not tuned on these folds)",
         **figures,  # the pooled figures, when complete
     }

@@ -9,14 +9,13 @@ A cross-validation run (``smallct.cv``, ``smallct.nested``, each trial of ``smal
 ``checkpoints/``  one ``r{repeat}_f{fold}.pt`` per fold: ``{"model": state_dict, ...run facts}``
 ``oof.csv``       out-of-fold predictions: id, label(s), prob(s), pred, fold, repeat
 ``history.csv``   per-epoch train and test-fold loss/accuracy, with ``curves.png``
-``results.json``  per-fold metrics, mean and std over folds, pooled out-of-fold metrics with 95% CI
-``roc.png``, ``confusion.png``; ``tensorboard/`` event files (:mod:`smallct.engine.tracking`), one subfolder per fold
+``results.json``  per-fold metrics, mean and std over folds, pooled out-of-fold metrics with 95% CI;
+``roc.png``, ``confusion.png``, ``tensorboard/`` (:mod:`smallct.engine.tracking`)
 ``inner/r{repeat}_f{fold}/{candidate}/``  a nested run's inner runs (run folders themselves)
 
-:class:`RunFolder` holds these names (as MONAI's ``FolderLayout`` does); nothing else builds a path into a
-run folder or parses one. :class:`Run` (:func:`load_run`) is a finished or running run read back: what
-prediction, Grad-CAM, export, comparison, tuning and the notebooks read, so that the architecture, the
-image size, the windows and the normalisation of a model always come from the run.
+:class:`RunFolder` holds these names (as MONAI's ``FolderLayout``); nothing else builds a path into a run folder
+or parses one. :class:`Run` (:func:`load_run`) is a run read back, for prediction, Grad-CAM, export, comparison,
+tuning and notebooks: a model's architecture, image size, windows, normalisation and TTA come from the run.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from torch import nn
 
 import smallct
 from smallct.config.run import CVConfig, from_dict, to_dict, with_defaults
-from smallct.data.folds import Folds
+from smallct.data.folds import Folds, scheme_note
 from smallct.datasets.folder import Dataset, load_data, same_ids
 from smallct.evaluation.intervals import Units
 from smallct.io.files import atomic_csv, atomic_json
@@ -221,16 +220,16 @@ class RunFolder:
         return self.count_done() > 0 or any(p for p in self.inner_dir.glob("*/*/folds/r*_f*.json")
                                             if parse_fold_name(p.stem))
 
-    def check_resume(self, record: dict) -> bool:
-        """True when the folder holds the same run (resume it), False for a new run; ``ValueError`` when it holds
-        another run with finished folds. A run none of whose folds finished starts again with the new settings."""
+    def check_resume(self, record: dict, differences: tuple[str, ...] | list[str] = ()) -> bool:
+        """True: the folder holds the same run (resume it); False: a new run, or another none of whose folds finished
+        (start again); ``ValueError``: another with finished folds. One rule, for smallct.nested's ``differences``."""
         if not self.has_record():
             return False
         old = self.read_record()
         was, now = (with_defaults(CVConfig, r["config"]) for r in (old, record))  # absent: a later setting's default
-        changed = [k for k in SETTINGS_THAT_CHANGE_RESULTS if was.get(k) != now.get(k)]
+        changed = [*differences, *(k for k in SETTINGS_THAT_CHANGE_RESULTS if was.get(k) != now.get(k))]
         if old["folds"] != record["folds"]:
-            changed.append("fold assignment (data)")
+            changed.append(scheme_note(old, record, ("the run there", "this run")) or "fold assignment (data)")
         changed += [f"{k} {old[k]} there, {record.get(k)} now: resume with --{k} {old[k]}"
                     for k in MACHINE_THAT_CHANGES_RESULTS if k in old and old[k] != record.get(k)]
         if changed and not self.has_finished_folds():
@@ -294,7 +293,7 @@ def run_record(cfg: CVConfig, dataset: Dataset, source: WeightSource, img_size: 
         "tta": cfg.train.tta,
         "seed": cfg.seed,
         "data": {"source": dataset.source, "n_images": len(dataset), "synthetic": cfg.data.data is None},
-        "folds": {"ids": dataset.ids, "assignment": folds.assignment.tolist()},
+        "folds": {"ids": dataset.ids, "assignment": folds.assignment.tolist()}, "folds_scheme": folds.scheme,
         "versions": versions(),
         "device": device.type,
         "threads": torch.get_num_threads(),
@@ -315,17 +314,9 @@ class Run:
     def folder(self) -> RunFolder:
         return RunFolder(self.path)
 
-    @property
-    def arch(self) -> str:
-        return self.record["arch"]
-
-    @property
-    def task(self) -> str:
-        return self.record["task"]
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.record["class_names"])
+    arch = property(lambda self: self.record["arch"])
+    task = property(lambda self: self.record["task"])
+    class_names = property(lambda self: list(self.record["class_names"]))
 
     @property
     def positive_class(self) -> str | None:
@@ -340,6 +331,11 @@ class Run:
     @property
     def amp(self) -> bool:
         return bool(self.record["config"]["train"].get("amp", True))
+
+    @property
+    def tta(self) -> bool:
+        """Whether the test folds were evaluated with left-right TTA: what its fold models predict with by default."""
+        return bool(self.record.get("tta", self.record.get("config", {}).get("train", {}).get("tta", False)))
 
     @property
     def config(self) -> CVConfig:

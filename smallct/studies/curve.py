@@ -3,10 +3,14 @@
 Would more labels help? For each training-set size ``n``, each repeat and each fold of a stratified
 k-fold cross-validation, ``n`` images are drawn (stratified) from the fold's training part, a model
 is trained on them and evaluated on the whole test fold. The same draws serve every weight source
-and method (paired comparison). Per (weights, method, n) the run reports mean accuracy, balanced
-accuracy and ROC AUC over folds x repeats, with the standard deviation and a 95% confidence interval
-of the mean (Student t over folds x repeats; test folds of one repeat share no image but their
-training parts overlap, so the interval is approximate).
+and method (paired comparison). Per (weights, method, n) the run reports accuracy, balanced accuracy and
+ROC AUC: the mean and standard deviation over folds x repeats, and the figure of the pooled out-of-fold
+predictions (each repeat's test folds cover every image once; mean over repeats) with a 95% percentile
+bootstrap interval over the groups the folds keep whole (near-duplicates, patients; images when none): each
+repeat's interval as smallct.cv gives one cross-validation's, the same draws for every repeat, bounds
+averaged (:func:`smallct.studies.summary.summarize_resampled`). Repeats on the same images steady the figure
+but do not narrow its interval (a Student t over folds x repeats did, about 3.7x at 10 repeats; the bootstrap
+of the repeats' mean would by about 14% on Head CT at n = 150, though the training images stay the same 200).
 
 Methods:
 
@@ -17,7 +21,8 @@ Methods:
               ``--method finetune`` with 5 sizes x 5 folds x 2 weight sources takes 10-30 minutes.
 
 Writes ``curve.csv`` (one row per weights, method and n), ``curve_folds.csv`` (one row per fit),
-``curve.json`` and ``curve.png`` (accuracy with its 95% interval against n, log scale).
+``curve.json`` and ``curve.png`` (pooled accuracy with its 95% interval against n, log scale; the legend names
+the unit resampled).
 """
 
 from __future__ import annotations
@@ -36,19 +41,23 @@ from smallct.config.run import to_dict
 from smallct.config.schema import flat
 from smallct.config.studies import CurveConfig
 from smallct.data.cache import load_images
-from smallct.data.folds import Folds, make_folds
+from smallct.data.folds import Folds, check_fold_classes, make_folds
+from smallct.data.seeds import subset_seed
 from smallct.datasets.folder import Dataset, load_data
 from smallct.engine.estimate import fmt_duration
+from smallct.engine.results import N_BOOT
 from smallct.engine.run_folder import RunFolder
 from smallct.engine.tracking import Tracker
 from smallct.engine.train import resolve_device, with_threads
+from smallct.evaluation.intervals import Units
 from smallct.evaluation.plots import interval_plot, save_figure
 from smallct.io.files import atomic_csv, atomic_json
 from smallct.models.embeddings import POOLINGS, load_embeddings
 from smallct.models.weights import WeightSource, resolve_weights
 from smallct.studies.finetune import finetune_fit_seconds, finetune_predict, seconds_per_image
 from smallct.studies.methods import NORMALIZATIONS, linear_probe, normalize_embeddings
-from smallct.studies.summary import SUMMARY_METRICS, episode_figures, format_summary, summarize_episodes
+from smallct.studies.summary import (SUMMARY_METRICS, episode_figures, format_summary, summarize_episodes,
+                                     summarize_resampled)
 
 CURVE_METHODS = ("probe", "finetune")
 
@@ -107,15 +116,17 @@ def draw_splits(cfg: CurveConfig, labels: np.ndarray, assignment: np.ndarray) ->
         for r in range(cfg.repeats):
             for k in range(cfg.folds):
                 train, test = np.flatnonzero(assignment[r] != k), np.flatnonzero(assignment[r] == k)
-                sub = draw_training_subset(train, labels, n, seed=cfg.seed * 10007 + n * 101 + r * 10 + k)
+                sub = draw_training_subset(train, labels, n, seed=subset_seed(cfg.seed, n, r, k))
                 splits.append((n, r, k, sub, test))
     return splits
 
 
 def _row(weights: str, method: str, n: int, repeat: int, fold: int, y: np.ndarray, P: np.ndarray,
-         n_train: int) -> dict:
+         n_train: int, test: np.ndarray) -> dict:
+    """One fit's row of ``curve_folds.csv``, with its test images and predictions (``_index``, ``_P``: not written,
+    pooled per repeat for the interval)."""
     return {"weights": weights, "method": method, "n": n, "n_train": n_train, "repeat": repeat, "fold": fold,
-            "n_test": len(y), **episode_figures(y, P)}
+            "n_test": len(y), **episode_figures(y, P), "_index": test, "_P": P}
 
 
 def probe_fits(cfg: CurveConfig, dataset: Dataset, weights: str, source: WeightSource, splits: list,
@@ -128,7 +139,7 @@ def probe_fits(cfg: CurveConfig, dataset: Dataset, weights: str, source: WeightS
                         offline=cfg.offline)
     z = normalize_embeddings(z, cfg.normalize)
     return [_row(weights, "probe", n, r, k, labels[test], linear_probe(z[sub], labels[sub], z[test], n_classes,
-                                                                        C=cfg.C), len(sub))
+                                                                        C=cfg.C), len(sub), test)
             for n, r, k, sub, test in splits]
 
 
@@ -146,10 +157,33 @@ def finetune_fits(cfg: CurveConfig, dataset: Dataset, weights: str, source: Weig
     rows = []
     for n, r, k, sub, test in tqdm(splits, desc=f"fine-tuning ({weights})", disable=not progress, leave=False):
         P = finetune_predict(cfg.arch, source, images, labels, sub, test, n_classes, cfg.finetune,
-                             seed=cfg.seed * 10007 + n * 101 + r * 10 + k, device=device)
-        rows.append(_row(weights, "finetune", n, r, k, labels[test], P, len(sub)))
+                             seed=subset_seed(cfg.seed, n, r, k), device=device)
+        rows.append(_row(weights, "finetune", n, r, k, labels[test], P, len(sub), test))
     log(f"fine-tuning ({weights}) took {fmt_duration(time.perf_counter() - start)}")
     return rows
+
+
+def summarize_curve(fits: list[dict], labels: np.ndarray, units: Units, seed: int = 0,
+                    n_boot: int = N_BOOT) -> pd.DataFrame:
+    """``curve.csv``: per (weights, method, n), ``count`` (fits), each figure's mean and standard deviation over
+    fits, its pooled out-of-fold figure (mean over repeats) with the 95% bootstrap interval over ``units``
+    (``{metric}_pooled``, ``_ci_low``, ``_ci_high``: :func:`smallct.studies.summary.summarize_resampled`, each
+    repeat's interval as smallct.cv's ``pooled_oof_ci95`` of one repeat, averaged), and what was resampled
+    (``ci_unit``, ``n_units``, ``ci_method``)."""
+    by = ["weights", "method", "n"]
+    per_fit = pd.DataFrame([{k: v for k, v in f.items() if not k.startswith("_")} for f in fits])
+    spread = summarize_episodes(per_fit, by)
+    pooled = spread[by].merge(summarize_resampled(fits, by, labels, units, per="repeat", n_boot=n_boot, seed=seed),
+                              on=by, how="left")  # in the summary's order
+    summary = spread[by + ["count"]].copy()
+    for m in SUMMARY_METRICS:
+        summary[f"{m}_mean"], summary[f"{m}_std"] = spread[f"{m}_mean"], spread[f"{m}_std"]
+        summary[f"{m}_pooled"] = pooled[m].to_numpy()
+        summary[f"{m}_ci_low"], summary[f"{m}_ci_high"] = pooled[f"{m}_low"].to_numpy(), pooled[f"{m}_high"].to_numpy()
+    summary["ci_unit"], summary["n_units"] = units.name, units.n
+    summary["ci_method"] = (f"{units.describe(n_boot)} of each repeat's pooled out-of-fold predictions, the "
+                            "repeats' intervals averaged")
+    return summary
 
 
 @with_threads()
@@ -158,6 +192,7 @@ def run_curve(cfg: CurveConfig, dataset: Dataset | None = None, progress: bool =
     write the outputs to ``cfg.out``."""
     check_config(cfg)
     dataset = dataset if dataset is not None else load_data(cfg.data, cfg.seed, log)  # first: no data, no run
+    check_fold_classes(dataset, cfg.folds)  # a stray label: stops before any download
     sources = {w: resolve_weights(cfg.arch, w, offline=cfg.offline)  # then: no weights, no run
                for w in cfg.weights}
     labels = np.asarray(dataset.labels)
@@ -182,31 +217,39 @@ def run_curve(cfg: CurveConfig, dataset: Dataset | None = None, progress: bool =
             rows += probe_fits(cfg, dataset, w, source, splits, device, progress, log)
         if "finetune" in cfg.methods:
             rows += finetune_fits(cfg, dataset, w, source, splits, device, progress, log)
-    per_fit = pd.DataFrame(rows)
-    summary = summarize_episodes(per_fit, ["weights", "method", "n"])
+    per_fit = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
+    units = folds.units
+    summary = summarize_curve(rows, labels, units, seed=cfg.seed)
     short = {w: w if w in ("imagenet", "none") else Path(w).name for w in cfg.weights}  # a PATH by its file name
     summary.insert(2, "series", summary["method"] + " / " + summary["weights"].map(short))
     atomic_csv(out / "curve_folds.csv", per_fit)
     atomic_csv(out / "curve.csv", summary)
     atomic_json(out / "curve.json", curve_record(cfg, dataset, sources, summary, folds))
     save_figure(interval_plot(summary, "n", "series", "training images per fold (n, log scale)",
-                              f"learning curve: {cfg.arch}, {cfg.folds}-fold CV x {cfg.repeats}", logx=True),
+                              f"learning curve: {cfg.arch}, {cfg.folds}-fold CV x {cfg.repeats}", logx=True,
+                              point="pooled", band=f"95% CI, {units.describe(N_BOOT)}"),
                 out / "curve.png")
     track_curve(tracker, cfg, summary, out)
-    log(format_summary(summary, ("series", "n")))
+    log(format_summary(summary, ("series", "n"), point="pooled", intervals=(("ci", "95% CI"),),
+                       notes=(f"pooled: the figure of each repeat's pooled out-of-fold predictions, mean over "
+                              f"{cfg.repeats} repeat(s) (mean +- std over fits: curve.csv)",
+                              f"95% CI: {summary['ci_method'].iloc[0]}; repeats of the same images do not "
+                              "narrow it")))
     log(f"outputs: {out}")
     return CurveResult(out, summary, per_fit)
 
 
 def track_curve(tracker: Tracker, cfg: CurveConfig, summary: pd.DataFrame, out: Path) -> None:
-    """The curve in TensorBoard and MLflow: per series (``probe_imagenet``), each figure's mean and 95% interval
+    """The curve in TensorBoard and MLflow: per series (``probe_imagenet``), each pooled figure and its 95% interval
     bounds against n (the step: ``accuracy/probe_imagenet``), then curve.png and the output files."""
     with tracker:
-        tracker.start(flat(cfg))
+        # no HParams declaration: a curve has neither cv's settings nor its final figures; a logdir's cv runs declare
+        # the columns (the same in each), and a logdir of curves alone gets TensorBoard's own from all their sessions
+        tracker.start(flat(cfg), declare=False)
         for row in summary.to_dict(orient="records"):
             series = str(row["series"]).replace(" / ", "_")
             tracker.scalars({f"{m}{part}/{series}": row[f"{m}_{column}"] for m in SUMMARY_METRICS
-                             for part, column in (("", "mean"), ("_ci95_low", "ci_low"), ("_ci95_high", "ci_high"))},
+                             for part, column in (("", "pooled"), ("_ci95_low", "ci_low"), ("_ci95_high", "ci_high"))},
                             step=int(row["n"]))
         tracker.finish({}, [out / "curve.png"], out)
 
@@ -225,11 +268,19 @@ def curve_record(cfg: CurveConfig, dataset: Dataset, sources: dict, summary: pd.
         "device": resolve_device(cfg.device).type,
         "threads": torch.get_num_threads(),
         "summary": summary.to_dict(orient="records"),
+        "intervals": {**folds.units.record(), "method": summary["ci_method"].iloc[0]},
         "notes": {
             "n": "training images drawn (stratified) from each fold's training part; all of it when n covers it",
+            "mean": "mean over folds x repeats of each fit's figure on its test fold",
             "std": "standard deviation over folds x repeats (ddof=1)",
-            "ci95": "95% confidence interval of the mean over folds x repeats (Student t; the unit is the fold); "
-                    "approximate, since training parts overlap",
+            "pooled": "the figure of each repeat's pooled out-of-fold predictions (every image once), mean over "
+                      "repeats: what curve.png draws",
+            "ci95": "ci_low/ci_high: 95% percentile bootstrap interval of the pooled figure over the groups the "
+                    "folds keep whole (ci_unit, n_units, ci_method): each repeat's interval as smallct.cv gives it "
+                    "for one cross-validation (the same resamples for every repeat), the bounds averaged over "
+                    "repeats, so repeats do not narrow it: they reuse the same images for testing and training. It "
+                    "covers which images were tested (a new set of the same kind) and one cross-validation's "
+                    "model noise; a new set of training images is not drawn",
             "selection": "nothing is chosen on a test fold: C, pooling, epochs and learning rate are fixed (the "
                          "pooling and normalisation defaults come from smallct.fewshot, chosen on Head CT episodes "
                          "of seed 1)",

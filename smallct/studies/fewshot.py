@@ -7,9 +7,12 @@ support image's group would be tested on (almost) the image it was given, so suc
 (``episode_ids.csv`` lists each episode's support, query and excluded ids). Episodes repeat with other draws
 under one seed; every method sees the same episodes, so methods are compared on paired draws. Per ``k`` and
 method the run reports the mean accuracy, balanced accuracy and ROC AUC over episodes, each with the
-standard deviation over episodes (how much one study of ``k`` labels per class can vary) and a 95%
-confidence interval of the mean (Student t; how precisely the mean over episodes is known on *this* data
-set: it does not cover the variation from one data set of the same kind to another).
+standard deviation over episodes (how much one study of ``k`` labels per class can vary), a 95%
+confidence interval of the mean (Student t; how precisely the mean over episodes is known on *this* pool of
+images: more episodes narrow it, it does not cover the variation from one data set of the same kind to
+another), and a 95% interval for a new pool (a bootstrap over the groups of the query images and over the
+episodes, :func:`summarize_fewshot`; more episodes do not narrow it). Episodes query (almost) every image, so
+there are no disjoint pools to compare directly.
 
 Methods: the embedding methods of :mod:`smallct.studies.methods` (``proto``, ``linear``, ``knn``,
 ``labelprop``), and ``finetune``: the whole network trained on the support set
@@ -27,7 +30,7 @@ another seed (1) than the reported one (0), on the same 200 images, when the sta
 Writes ``fewshot.csv`` (one row per method and k, ``transductive`` marked), ``episodes.csv`` (one row per
 episode and method), ``episode_ids.csv`` (one row per episode and image: ``support``, ``query`` or
 ``excluded``; the same for every method), ``fewshot.json`` (settings, grouping, summary, notes) and
-``fewshot.png`` (accuracy with its 95% interval against k, one line per method).
+``fewshot.png`` (mean accuracy with its 95% new-pool interval against k, one line per method).
 """
 
 from __future__ import annotations
@@ -44,17 +47,22 @@ from smallct.progress import tqdm
 from smallct.config.run import to_dict
 from smallct.config.studies import FewShotConfig
 from smallct.data.cache import load_images
+from smallct.data.seeds import episode_seed
 from smallct.data.similar import Grouping, near_duplicate_groups
+from smallct.datasets.classes import check_class_sizes
 from smallct.datasets.folder import Dataset, load_data
 from smallct.engine.estimate import fmt_duration
+from smallct.engine.results import N_BOOT
 from smallct.engine.train import resolve_device, with_threads
+from smallct.evaluation.intervals import Units
 from smallct.evaluation.plots import interval_plot, save_figure
 from smallct.io.files import atomic_csv, atomic_json
 from smallct.models.embeddings import POOLINGS, load_embeddings
 from smallct.models.weights import WeightSource, resolve_weights
 from smallct.studies.finetune import finetune_fit_seconds, finetune_predict, seconds_per_image
 from smallct.studies.methods import EMBEDDING_METHODS, NORMALIZATIONS, TRANSDUCTIVE, episode_embeddings
-from smallct.studies.summary import episode_figures, format_summary, summarize_episodes
+from smallct.studies.summary import (SUMMARY_METRICS, episode_figures, format_summary, summarize_episodes,
+                                     summarize_resampled)
 
 
 def _group_index(groups, n: int) -> np.ndarray:
@@ -168,9 +176,12 @@ class FewShotResult:
     episodes: pd.DataFrame
 
 
-def _row(method: str, shots: int, episode: int, y: np.ndarray, P: np.ndarray, n_excluded: int) -> dict:
+def _row(method: str, shots: int, episode: int, y: np.ndarray, P: np.ndarray, n_excluded: int,
+         query: np.ndarray) -> dict:
+    """One episode's row of ``episodes.csv``, with its query images and predictions (``_index``, ``_P``: not
+    written, resampled for the new-pool interval)."""
     return {"method": method, "shots": shots, "episode": episode, "n_query": len(y), "n_excluded": n_excluded,
-            **episode_figures(y, P)}
+            **episode_figures(y, P), "_index": query, "_P": P}
 
 
 def embedding_episodes(cfg: FewShotConfig, dataset: Dataset, draws: list, img_size: int, device: torch.device,
@@ -191,7 +202,7 @@ def embedding_episodes(cfg: FewShotConfig, dataset: Dataset, draws: list, img_si
         for m in methods:
             zs, zq = episode_embeddings(z, support, query, cfg.normalize, transductive=m in TRANSDUCTIVE)
             P = EMBEDDING_METHODS[m](zs, labels[support], zq, n_classes, C=cfg.C, knn_k=cfg.knn_k)
-            rows.append(_row(m, k, e, labels[query], P, len(labels) - len(support) - len(query)))
+            rows.append(_row(m, k, e, labels[query], P, len(labels) - len(support) - len(query), query))
     return rows
 
 
@@ -211,10 +222,40 @@ def finetune_episodes(cfg: FewShotConfig, dataset: Dataset, draws: list, source:
     start = time.perf_counter()
     for k, e, support, query in tqdm(todo, desc="fine-tuning episodes", disable=not progress, leave=False):
         P = finetune_predict(cfg.arch, source, images, labels, support, query, n_classes, cfg.finetune,
-                             seed=cfg.seed * 100003 + k * 1009 + e, device=device)
-        rows.append(_row("finetune", k, e, labels[query], P, len(labels) - len(support) - len(query)))
+                             seed=episode_seed(cfg.seed, k, e), device=device)
+        rows.append(_row("finetune", k, e, labels[query], P, len(labels) - len(support) - len(query), query))
     log(f"fine-tuning took {fmt_duration(time.perf_counter() - start)}")
     return rows
+
+
+def grouping_units(grouping: Grouping, n_images: int) -> Units:
+    """What the new-pool interval resamples: the groups episodes respect (as :attr:`smallct.data.folds.Folds.units`)."""
+    if grouping.groups is None or grouping.unit == "images":
+        return Units(n_images)
+    return Units(n_images, grouping.groups, grouping.unit)
+
+
+def summarize_fewshot(rows: list[dict], labels: np.ndarray, units: Units, seed: int = 0,
+                      n_boot: int = N_BOOT) -> pd.DataFrame:
+    """``fewshot.csv``: per method and k, ``count`` (episodes), ``transductive``, each figure's mean, standard
+    deviation and Student-t interval over episodes (``{metric}_ci_low``/``_high``: this pool, ``ci_describes``),
+    and the interval for a new pool (``{metric}_new_pool_ci_low``/``_high``, ``new_pool_ci_method``): the groups
+    and the episodes resampled, each episode's figure over its resampled query images
+    (:func:`smallct.studies.summary.summarize_resampled`)."""
+    by = ["method", "shots"]
+    episodes = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
+    summary = summarize_episodes(episodes, by)
+    summary.insert(2, "transductive", summary["method"].isin(TRANSDUCTIVE))
+    pools = summary[by].merge(summarize_resampled(rows, by, labels, units, per="row", n_boot=n_boot, seed=seed),
+                              on=by, how="left")  # in the summary's order
+    summary["ci_describes"] = (f"this pool: Student t over the episodes, all drawn from these {units.n_images} "
+                               "images; more episodes narrow it")
+    for m in SUMMARY_METRICS:
+        summary[f"{m}_new_pool_ci_low"] = pools[f"{m}_low"].to_numpy()
+        summary[f"{m}_new_pool_ci_high"] = pools[f"{m}_high"].to_numpy()
+    summary["new_pool_ci_method"] = (f"{units.describe(n_boot)} of each episode's query images, episodes resampled "
+                                     "too; more episodes on the same images do not narrow it")
+    return summary
 
 
 @with_threads()
@@ -225,6 +266,8 @@ def run_fewshot(cfg: FewShotConfig, dataset: Dataset | None = None, progress: bo
     :func:`smallct.data.similar.near_duplicate_groups` with ``cfg.data``'s group_similar)."""
     check_config(cfg)
     dataset = dataset if dataset is not None else load_data(cfg.data, cfg.seed, log)  # first: no data, no run
+    check_class_sizes(dataset, 2, "an episode needs a support and a query image of every class: correct the labels "
+                      "or leave that class's images out")  # a stray label, named (check_shots counts groups)
     source = resolve_weights(cfg.arch, cfg.weights, offline=cfg.offline)  # then: no weights, no run
     if grouping is None:
         grouping = near_duplicate_groups(dataset, cfg.data.group_similar, progress=progress, log=log)
@@ -243,16 +286,22 @@ def run_fewshot(cfg: FewShotConfig, dataset: Dataset | None = None, progress: bo
         rows += embedding_episodes(cfg, dataset, draws, img_size, device, progress, log)
     if "finetune" in cfg.methods:
         rows += finetune_episodes(cfg, dataset, draws, source, img_size, device, progress, log)
-    episodes = pd.DataFrame(rows)
-    summary = summarize_episodes(episodes, ["method", "shots"])
-    summary.insert(2, "transductive", summary["method"].isin(TRANSDUCTIVE))
+    episodes = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
+    units = grouping_units(grouping, len(dataset))
+    summary = summarize_fewshot(rows, dataset.labels, units, seed=cfg.seed)
     atomic_csv(out / "episodes.csv", episodes)
     atomic_csv(out / "episode_ids.csv", episode_table(draws, dataset.ids))
     atomic_csv(out / "fewshot.csv", summary)
     atomic_json(out / "fewshot.json", fewshot_record(cfg, dataset, source, img_size, summary, grouping, draws))
     save_figure(interval_plot(summary, "shots", "method", "labelled images per class (k)",
-                              f"few-shot: {cfg.arch}, weights {cfg.weights}"), out / "fewshot.png")
-    log(format_summary(summary))
+                              f"few-shot: {cfg.arch}, weights {cfg.weights}", interval="new_pool_ci",
+                              band=f"95% CI for a new pool, {units.describe(N_BOOT)} of the query images, "
+                                   "episodes resampled too"),
+                out / "fewshot.png")
+    log(format_summary(summary, intervals=(("ci", "95% CI, this pool"), ("new_pool_ci", "95% CI, new pool")),
+                       notes=(f"this pool: Student t over the episodes, all drawn from these {len(dataset)} images: "
+                              "how well the mean is known on them (more episodes narrow it)",
+                              f"new pool: {summary['new_pool_ci_method'].iloc[0]} (fewshot.png's band)")))
     if summary["transductive"].any():
         log(f"transductive (also use the unlabelled query images, never their labels): "
             f"{', '.join(sorted(set(summary.loc[summary['transductive'], 'method'])))}")
@@ -295,11 +344,21 @@ def fewshot_record(cfg: FewShotConfig, dataset: Dataset, source: WeightSource, i
                     "(those images are left out of the episode: role 'excluded' in episode_ids.csv)",
         },
         "summary": summary.to_dict(orient="records"),
+        "intervals": {"ci95": summary["ci_describes"].iloc[0],
+                      "new_pool_ci95": {**grouping_units(grouping, len(dataset)).record(),
+                                        "method": summary["new_pool_ci_method"].iloc[0]}},
         "notes": {
             "episode": "support = k images per class drawn under the seed, from distinct groups (see grouping); "
                        "query = every image outside the support images' groups; episode_ids.csv lists them",
             "std": "standard deviation over episodes (ddof=1): the spread of one study's result",
-            "ci95": "95% confidence interval of the mean over episodes (Student t); episodes share images, "
+            "new_pool_ci95": "{metric}_new_pool_ci_low/_high: 95% percentile bootstrap interval of the mean over "
+                             "episodes, resampling the groups and the episodes (new_pool_ci_method): each resample "
+                             "is a new pool of query images of the same kind, the same for every episode, so more "
+                             "episodes do not narrow it; each episode keeps its support images, so the pool they "
+                             "were drawn from is not resampled. Disjoint pools would give a direct between-pool "
+                             "figure, but every episode queries (almost) all images; fewshot.png draws this band",
+            "ci95": "{metric}_ci_low/_high: 95% confidence interval of the mean over episodes (Student t; "
+                    "ci_describes); episodes share images, "
                     "so it describes this data set, not the population it was drawn from",
             "selection": "nothing is chosen on this run's query labels: methods and their settings (C, k, "
                          "normalisation, pooling, epochs) are fixed before the episodes run. The defaults (max "

@@ -51,6 +51,7 @@ def best_params_record(study: optuna.Study, cfg: TuneConfig, metric: str) -> dic
             "either (that would need the study inside each training part)")
     return {"_note": note, "_study": cfg.study, "_storage": storage, "_value": best.value, "_metric": metric,
             "_trial": best.number, "_searched": sorted(best.params), "_data": study.user_attrs.get("data_source"),
+            "_chosen_on": study.user_attrs.get("setup", {}).get("data"),  # the images' fingerprint: cv compares it
             **best.user_attrs.get("settings", best.params)}
 
 

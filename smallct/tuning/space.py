@@ -15,7 +15,7 @@ import optuna
 import yaml
 
 from smallct.config.run import CV_GROUPS, CVConfig
-from smallct.config.schema import Setting, check_value, coerce, flat, settings, value_of
+from smallct.config.schema import Setting, check_value, coerce, flat, settings, value_of, weights_file_of
 
 # A setting searched only when another one has one of these values.
 CONDITIONS = {
@@ -210,4 +210,5 @@ def cv_settings(cfg: CVConfig) -> dict:
     """Every cv setting of ``cfg`` that ``smallct.cv --params`` accepts (no data paths, machine or folder), in the
     order of the cv flags."""
     values = flat(cfg)
+    values["weights"] = weights_file_of(values["weights"])  # best_params.json is read from its own folder
     return {k: values[k] for names in CV_GROUPS.values() for k in names if k not in NOT_SETTINGS}

@@ -29,12 +29,10 @@ What a study writes under ``--out``:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-import os
+import logging
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
@@ -49,7 +47,8 @@ from smallct.config.run import CVConfig
 from smallct.config.schema import build, flat
 from smallct.config.studies import TuneConfig
 from smallct.data.cache import load_images
-from smallct.datasets.folder import Dataset, load_data
+from smallct.data.folds import check_fold_classes
+from smallct.datasets.folder import Dataset, data_fingerprint, load_data
 from smallct.engine.cv import check_task, folds_of, run_cv
 from smallct.engine.run_folder import RunFolder, fold_name
 from smallct.engine.tracking import Tracker
@@ -57,8 +56,10 @@ from smallct.engine.train import resolve_device, with_threads
 from smallct.io.files import atomic_json
 from smallct.models.weights import resolve_weights
 from smallct.tuning.report import write_report
+from smallct.tuning.running import (FINISHED, NotNeeded, QuietNotNeeded, counted_trials, not_needed, release_stale,
+                                    shared_index_note, worker_label)
 from smallct.tuning.space import cv_settings, default_space, describe_space, parse_space, suggest
-from smallct.tuning.storage import create_or_load, default_storage, make_storage, masked
+from smallct.tuning.storage import create_or_load, default_storage, make_storage, masked, storage_kind
 
 # Objective -> (direction, column of the per-epoch record the pruner follows); the keys are the choices of
 # --metric (smallct.config.studies.Objective).
@@ -70,14 +71,6 @@ OBJECTIVES = {
 }
 DEFAULT_OBJECTIVE = {"binary": "roc_auc", "multiclass": "roc_auc", "multilabel": "weighted_log_loss"}
 FAILURES = (FloatingPointError, RuntimeError, MemoryError)  # NaN loss, CUDA out of memory, ...
-
-
-def data_fingerprint(dataset: Dataset) -> str:
-    """Ids, labels and classes: equal on every machine that holds the same data, wherever it lies."""
-    h = hashlib.sha1("|".join(dataset.ids).encode())
-    h.update(np.ascontiguousarray(dataset.labels).tobytes())
-    h.update("|".join(dataset.class_names).encode())
-    return h.hexdigest()[:16]
 
 
 def choose_metric(metric: str | None, task: str) -> str:
@@ -112,6 +105,7 @@ def check_inputs(cfg: TuneConfig, dataset: Dataset, progress: bool = True, log=p
     fixed size into the cache, which the trials then read)."""
     base = cfg.base
     check_task(base, dataset)
+    check_fold_classes(dataset, base.folds)  # a stray label: stops before any download or decoding
     source = resolve_weights(base.arch, base.weights, offline=base.offline)
     resolve_device(base.device)
     folds_of(base, dataset, progress, log)
@@ -181,10 +175,9 @@ def open_study(cfg: TuneConfig, dataset: Dataset, log=print) -> optuna.Study:
     _check_setup(study, cfg, dataset, metric, here["storage"], log)
     if not marker.is_file():
         atomic_json(marker, here)
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    if running and cfg.worker == 0:
-        log(f"note: {len(running)} trials are running (other workers, or killed ones): give each worker its own "
-            "--worker index so that their sampler seeds differ")
+    note = shared_index_note(study.get_trials(deepcopy=False), cfg.worker)
+    if note:
+        log(note)
     return study
 
 
@@ -230,8 +223,15 @@ def make_objective(cfg: TuneConfig, dataset: Dataset, space: dict, metric: str, 
     """The objective: one cross-validation with the trial's settings; returns the mean over folds. Each trial's run
     is tracked in its own run folder (TensorBoard) and as a nested run of ``parent``'s (MLflow)."""
     out = Path(cfg.base.out)
+    heartbeats = _heartbeats(cfg)
 
     def objective(trial: optuna.Trial) -> float:
+        counted = counted_trials(trial.study.get_trials(deepcopy=False), before=trial.number, heartbeats=heartbeats,
+                                 grace_period=cfg.grace_period)
+        if counted >= cfg.trials:
+            # other workers asked for their trials first: this one would pass --trials (workers started together)
+            trial.set_user_attr("fail_reason", f"not needed: --trials {cfg.trials} already finished or running")
+            raise NotNeeded(trial.user_attrs["fail_reason"])
         params = suggest(trial, space, cfg.base)
         run = RunFolder(out / "trials" / str(trial.number))
         shutil.rmtree(run.path, ignore_errors=True)  # a number is used once per study: leftovers are stale
@@ -239,7 +239,7 @@ def make_objective(cfg: TuneConfig, dataset: Dataset, space: dict, metric: str, 
         run_cfg = dataclasses.replace(build(CVConfig, params, base=cfg.base, where=f"trial {trial.number}"),
                                       out=run.path, test_curves=True)
         trial.set_user_attr("settings", cv_settings(run_cfg))
-        trial.set_user_attr("worker", f"{socket.gethostname()}/{os.getpid()} (worker {cfg.worker})")
+        trial.set_user_attr("worker", worker_label(cfg.worker))
         # figures depend on them (run.json of the trial records them too)
         trial.set_user_attr("threads", torch.get_num_threads())
         trial.set_user_attr("device", resolve_device(run_cfg.device).type)
@@ -271,6 +271,11 @@ def make_objective(cfg: TuneConfig, dataset: Dataset, space: dict, metric: str, 
     return objective
 
 
+def _heartbeats(cfg: TuneConfig) -> bool:
+    """Whether the study's storage has heartbeats: a database one (:func:`smallct.tuning.storage.make_storage`)."""
+    return storage_kind(cfg.storage or default_storage(cfg.base.out)) == "rdb"
+
+
 def _finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
@@ -299,7 +304,11 @@ def run_study(cfg: TuneConfig, dataset: Dataset | None = None, progress: bool = 
 
     Failed trials (NaN loss, out of memory) are recorded with a ``fail_reason`` and the study goes
     on; they do not count towards ``cfg.trials``, but one call makes at most ``cfg.trials`` minus the
-    finished trials attempts. Returns the study; with ``cfg.report`` the report files are written.
+    finished trials attempts (a killed worker's running trial is run again). Running trials of live workers count (:mod:`smallct.tuning.running`),
+    so workers started together end with ``cfg.trials`` finished ones; a trial that starts when they are all
+    finished or running fails at once as not needed (no line, no progress). Stale running trials are failed
+    (heartbeats) or named and no longer counted first. Returns the study; with ``cfg.report`` the report files
+    are written.
     """
     base = cfg.base
     dataset = dataset if dataset is not None else load_data(base.data, base.seed, log)
@@ -310,7 +319,13 @@ def run_study(cfg: TuneConfig, dataset: Dataset | None = None, progress: bool = 
     # MLflow: the study is one run, each trial a nested one; TensorBoard: each trial's run folder has its own
     tracker = Tracker.open(None, base.mlflow, f"tune {cfg.study}", offline=base.offline)
     study = open_study(dataclasses.replace(cfg, space=space), dataset, log)
-    todo = cfg.trials - _finished(study)
+    heartbeats = _heartbeats(cfg)
+    stale = release_stale(study, heartbeats, cfg.grace_period)  # before the count: a stale trial blocked it for good
+    if stale:
+        log(stale)
+    # other workers' running trials count
+    todo = cfg.trials - counted_trials(study.get_trials(deepcopy=False), heartbeats=heartbeats,
+                                       grace_period=cfg.grace_period)
     log(f"smallct.tune: study {cfg.study} in {masked(cfg.storage or default_storage(base.out))}: "
         f"{len(study.trials)} trials so far, {max(todo, 0)} to run; objective: mean over {base.folds} folds "
         f"x {base.repeats} repeats of {metric} ({study.direction.name.lower()}), {cfg.pruner} pruner")
@@ -320,18 +335,32 @@ def run_study(cfg: TuneConfig, dataset: Dataset | None = None, progress: bool = 
                        "storage": masked(cfg.storage or default_storage(base.out))})  # no password
         if todo > 0:
             bar = tqdm(total=todo, desc=f"study {cfg.study}", unit="trial", disable=not progress)
+            hinted = []
 
             def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-                bar.update()
-                tqdm.write(trial_line(study, trial, metric), file=sys.stdout)
+                if not not_needed(trial):  # one that other workers made unnecessary is no news
+                    bar.update()
+                    tqdm.write(trial_line(study, trial, metric), file=sys.stdout)
                 if trial.state == TrialState.COMPLETE:
                     tracker.scalars({"objective": trial.value}, step=trial.number)
+                trials = study.get_trials(deepcopy=False)
+                note = None if hinted else shared_index_note(trials, cfg.worker)
+                if note:
+                    hinted.append(note)
+                    log(note)
+                if counted_trials(trials, heartbeats=heartbeats, grace_period=cfg.grace_period) >= cfg.trials:
+                    study.stop()  # finished and running (other workers') trials
 
-            study.optimize(make_objective(cfg, dataset, space, metric, tracker), n_trials=todo, timeout=cfg.timeout,
-                           catch=FAILURES, gc_after_trial=True,
-                           callbacks=[optuna.study.MaxTrialsCallback(cfg.trials,
-                                                                     (TrialState.COMPLETE, TrialState.PRUNED)),
-                                      after_trial])
+            quiet = QuietNotNeeded()  # Optuna's warnings about a not-needed trial (module of _log_failed_trial)
+            logging.getLogger("optuna.study._optimize").addFilter(quiet)
+            try:
+                # at most the trials not yet finished: other workers' running ones may still fail (a killed
+                # worker), and then this one runs them; the callback and NotNeeded stop it at the target first
+                attempts = cfg.trials - sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+                study.optimize(make_objective(cfg, dataset, space, metric, tracker), n_trials=attempts,
+                               timeout=cfg.timeout, catch=FAILURES, gc_after_trial=True, callbacks=[after_trial])
+            finally:
+                logging.getLogger("optuna.study._optimize").removeFilter(quiet)
             bar.close()
         if cfg.report:
             write_report(study, cfg, metric, log=log)

@@ -200,3 +200,25 @@ def test_compare_plot_returns_a_figure_whose_tick_labels_do_not_overlap(tmp_path
         assert 3 <= len(boxes) <= 7
         assert all(left.x1 < right.x0 for left, right in zip(boxes, boxes[1:]))
     assert "B = " in fig.get_suptitle() and "resnet152" in fig.get_suptitle()
+
+
+def _with_scheme(run, scheme):
+    record = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**record, "folds_scheme": scheme}))
+    return run
+
+
+def test_runs_of_two_fold_schemes_are_refused_naming_the_scheme_unless_one_repeat(tmp_path, labels, capsys):
+    rng = np.random.default_rng(4)
+    now = fold_assignment(labels, 5, 2, 0)
+    then = np.stack([now[0], fold_assignment(labels, 5, 1, 1)[0]])  # smallct 0.3's repeat 1 of seed 0: seed 1's draw
+    a = write_run(tmp_path / "a", labels, _probs(labels, 10, rng, 2), then)  # no folds_scheme: smallct <= 0.3
+    b = _with_scheme(write_run(tmp_path / "b", labels, _probs(labels, 10, rng, 2), now), 2)
+    assert main([str(a), str(b)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "a was made by fold scheme 1, smallct <= 0.3, b by fold scheme 2" in err and len(err.splitlines()) == 1
+    assert "--seed" not in err  # the same flags would draw the same folds again
+    # one repeat: repeat 0 is the same draw under both schemes, so the runs pair
+    a1 = write_run(tmp_path / "a1", labels, _probs(labels, 10, rng), now[:1])
+    b1 = _with_scheme(write_run(tmp_path / "b1", labels, _probs(labels, 10, rng), now[:1]), 2)
+    assert compare_runs(a1, b1, n_boot=100)["n_images"] == len(labels)

@@ -75,6 +75,25 @@ def test_onnx_file_carries_its_contract_and_any_batch_size(small_run, tmp_path, 
         np.testing.assert_allclose(probs, expected, atol=1e-6, rtol=0)  # float32 sums in another order: ~1e-7
 
 
+def test_the_graph_holds_the_tta_the_run_was_evaluated_with(small_tta_run, phantom_dir, tmp_path, capsys):
+    # 0.3.0 exported without the mirror unless --tta was given, so the graph did not give oof.csv again; the
+    # contract says what is inside (tta) and what the run used (run_tta). Mutant: the default off.
+    import onnxruntime  # the export extra, installed with the test dependencies
+
+    out = tmp_path / "model.onnx"
+    assert main(["--run", str(small_tta_run), "--out", str(out), "--fold", "r0_f1"]) == 0
+    contract = X.read_contract(out)
+    assert contract["tta"] is True and contract["run_tta"] is True
+    assert json.loads(X.contract_path(out).read_text()) == contract
+    run, dataset = load_run(small_tta_run), load_dataset(phantom_dir)
+    test = json.loads((small_tta_run / "folds" / "r0_f1.json").read_text())["test_index"]
+    x = prepare_inputs([dataset.files[i] for i in test], run.input, progress=False).float().numpy()
+    probs = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    expected = run.oof().set_index("id").loc[[dataset.ids[i] for i in test], "prob"].to_numpy()
+    np.testing.assert_allclose(probs[:, 1], expected, atol=1e-5)
+    assert X.deployable(run, ["r0_f1"], tta=False).tta is False  # --no-tta still overrides it
+
+
 def test_onnx_refuses_an_opset_the_exporter_cannot_write(small_run, tmp_path):
     with pytest.raises(ValueError, match="--opset 17: .* opset 18 or newer; say --opset 18"):
         X.export_run(load_run(small_run), tmp_path / "model.onnx", opset=17)

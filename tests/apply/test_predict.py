@@ -54,6 +54,26 @@ def test_each_fold_model_reproduces_its_out_of_fold_probabilities(small_run, pha
         assert (table["pred"].to_numpy() == expected["pred"].to_numpy()).all()
 
 
+def test_predict_applies_the_tta_the_run_was_evaluated_with(small_tta_run, small_run, phantom_dir, tmp_path,
+                                                            capsys):
+    # smallct.cv evaluates with the mirror by default; 0.3.0's predict did not, so without --tta it did not give
+    # oof.csv again (mutants: the default off, or on whatever run.json says)
+    run = load_run(small_tta_run)
+    assert run.record["tta"] is True and P.run_tta(run) and not P.run_tta(load_run(small_run))
+    dataset = load_dataset(phantom_dir)
+    oof = run.oof().set_index("id")
+    test = json.loads((small_tta_run / "folds" / "r0_f1.json").read_text())["test_index"]
+    files = [dataset.files[i] for i in test]
+    expected = oof.loc[[dataset.ids[i] for i in test], "prob"].to_numpy()
+    out = tmp_path / "preds.csv"
+    assert main(["--run", str(small_tta_run), "--data", *map(str, files), "--fold", "r0_f1", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "with left-right TTA (as the run was evaluated)" in capsys.readouterr().out
+    np.testing.assert_allclose(pd.read_csv(out, dtype={"id": str})["prob"], expected, atol=1e-5)
+    plain = P.predict([run], files, tta=False, folds=["r0_f1"], progress=False, log=quiet)["prob"].to_numpy()
+    assert np.abs(plain - expected).max() > 1e-4  # --no-tta still overrides it
+
+
 def test_cli_averages_the_fold_models(small_run, phantom_dir, tmp_path, capsys):
     out = tmp_path / "preds.csv"
     assert main(["--run", str(small_run), "--data", str(phantom_dir), "--out", str(out), "--no-progress"]) == 0

@@ -113,6 +113,48 @@ def test_a_nan_loss_names_its_fold_and_keeps_the_finished_ones(phantom_dir, tmp_
     assert (out / "run.json").is_file() and not list((out / "folds").glob("*.json"))
 
 
+def test_ctrl_c_says_finished_folds_are_kept_only_once_a_fold_has_finished(phantom_dir, tmp_path, capsys,
+                                                                          monkeypatch):
+    # 0.3.0 said "finished folds are kept" whenever it was interrupted, also before any fold had finished
+    import smallct.engine.cv as engine_cv
+
+    real, calls = engine_cv.train_fold, []
+
+    def interrupted_at(n: int):
+        def train_fold(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        return train_fold
+
+    out = tmp_path / "run"
+    argv = ["cv", "--data", str(phantom_dir), "--arch", "resnet18", "--weights", "none", "--img-size", "32",
+            "--epochs", "1", "--folds", "2", "--no-tta", "--no-tensorboard", "--out", str(out), "--no-progress"]
+    monkeypatch.setattr(engine_cv, "train_fold", interrupted_at(1))  # in the first fold
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (f"interrupted: no fold had finished, so nothing is kept in {out}; run the same command again to "
+                   f"start over")
+    calls.clear()
+    monkeypatch.setattr(engine_cv, "train_fold", interrupted_at(2))  # in the second fold, the first one finished
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"interrupted: finished folds are kept in {out}; run the same command again to resume"
+    assert [p.name for p in (out / "folds").glob("*.json")] == ["r0_f0.json"]
+
+
+def test_ctrl_c_of_a_nested_run_counts_its_inner_folds_as_kept(tmp_path):
+    from smallct.cli.commands.nested import COMMAND as nested
+
+    out = tmp_path / "nested"
+    assert nested.kept(argparse.Namespace(out=out)).startswith("no fold had finished, so nothing is kept in")
+    (out / "inner" / "r0_f0" / "lite" / "folds").mkdir(parents=True)
+    (out / "inner" / "r0_f0" / "lite" / "folds" / "r0_f1.json").write_text("{}")  # an inner run's finished fold
+    assert nested.kept(argparse.Namespace(out=out)) == (f"finished inner runs and outer folds are kept in {out}; run "
+                                                       f"the same command again to resume")
+
+
 def test_flags_come_from_the_dataclasses():
     parser = command_parser(cli.COMMANDS["cv"], "smallct cv")
     actions = {a.dest: a for a in parser._actions}
@@ -126,6 +168,29 @@ def test_flags_come_from_the_dataclasses():
     cfg = config_from_argv(["--lr", "0.01", "--group-similar", "0", "--no-crop", "--img-size", "64"])
     assert (cfg.train.lr, cfg.data.group_similar, cfg.data.crop, cfg.data.img_size) == (0.01, None, False, 64)
 
+
+
+def test_the_config_builder_records_the_settings_file_for_cv_tune_and_nested(tmp_path):
+    # 0.3.0 recorded no _chosen_on at all, and tune then still left params_chosen_on unset: every trial's
+    # results.json said its --params settings "do not record on which images they were chosen". One owner,
+    # build_config, sets params_source and params_chosen_on for every command. Mutants caught: build_config not
+    # setting params_chosen_on (all three lose it); nested taking its own --out as a candidate's run folder.
+    from smallct.cli.commands import nested, tune
+
+    cv_cfg = config_from_argv(["--params", "lite0_finetune", "--lr", "0.01"])
+    tune_cfg = tune.config_from_argv(["--params", "lite0_finetune"]).base
+    nested_cfg = nested.config_from_argv(["--candidates", "lite0_finetune", "--out", str(tmp_path / "n"),
+                                          "--lr", "0.01"])[0].candidates["lite0_finetune"]
+    for cfg in (cv_cfg, tune_cfg, nested_cfg):
+        assert cfg.params_chosen_on == "627b35b2ff42d1f0"  # the recipe's _chosen_on: the Head CT set
+        assert cfg.params_source.endswith("lite0_finetune.json: " + json.loads(
+            (REPO / "smallct/recipes/lite0_finetune.json").read_text())["_note"])
+    assert cv_cfg.train.lr == nested_cfg.train.lr == 0.01 and nested_cfg.out == CVConfig().out  # flags still win
+    plain = tmp_path / "best.json"
+    plain.write_text(json.dumps({"lr": 0.02}))  # no _chosen_on: not recorded
+    cfg = config_from_argv(["--params", str(plain)])
+    assert cfg.params_chosen_on is None and cfg.params_source == f"{plain}: settings read from this file"
+    assert config_from_argv([]).params_source is None and config_from_argv([]).params_chosen_on is None
 
 @pytest.mark.parametrize("settings, message", [
     ({"learning_rate": 0.1}, "unknown settings learning_rate"),

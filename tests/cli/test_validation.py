@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+import torchvision
 
 from smallct import cli
 from smallct.cli.commands import cv, nested, tune
@@ -19,6 +21,7 @@ from smallct.cli.flags import build_config
 from smallct.cli.runner import command_parser
 from smallct.config import CurveConfig, CVConfig, FewShotConfig, NestedConfig, TuneConfig, TrainConfig
 from smallct.config.schema import bounds, settings, value_of
+from smallct.datasets.phantom import write_phantom_png_set
 
 # The configs whose settings each command's flags set (nested: its own and every candidate's).
 CONFIGS = {"cv": (CVConfig,), "tune": (TuneConfig,), "nested": (NestedConfig, CVConfig),
@@ -138,6 +141,73 @@ def test_data_checks_come_before_anything_is_written(name, argv, phantom_dir, tm
         tiny, needs = ["--data", str(phantom_dir)], ["--candidates", str(candidate)]
     err = _refused(name, [*tiny, *argv], tmp_path / "out", capsys, needs)
     assert "30" in err, err  # (the folds' own message, or sklearn's when near-duplicates are grouped)
+
+
+@pytest.mark.parametrize("name", ["cv", "nested", "tune", "curve", "fewshot"])
+def test_a_stray_label_is_named_before_anything_is_written(name, tmp_path, capsys):
+    # The Head CT header and one label 2 among 0/1: 0.3.0 ran a three-class task whose third class had one image
+    # (mutant: the check counting only the first two classes, or made after the run folder is started).
+    data = write_phantom_png_set(tmp_path / "data", n=12, seed=0)
+    rows = (data / "labels.csv").read_text().splitlines()
+    rows[5] = "4,2"
+    (data / "labels.csv").write_text("\n".join(rows) + "\n")
+    tiny = ["--data", str(data), "--arch", "resnet18", "--weights", "none", "--img-size", "32"]
+    argv, needs = [*tiny, "--folds", "2"], None
+    if name == "nested":
+        candidate = tmp_path / "tiny.json"
+        candidate.write_text(json.dumps({"arch": "resnet18", "weights": "none", "img_size": 32, "epochs": 1}))
+        argv, needs = ["--data", str(data), "--folds", "2"], ["--candidates", str(candidate)]
+    elif name == "fewshot":
+        argv = [*tiny, "--shots", "1"]
+    err = _refused(name, argv, tmp_path / "out", capsys, needs)
+    assert f"{data / 'labels.csv'}" in err and "class 2 has 1 image (004)" in err, err
+    assert ("--folds 2 needs at least 2 images of every class" in err) == (name != "fewshot"), err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["cv", "nested", "tune", "curve"])
+def test_a_stray_label_stops_before_weights_are_resolved_or_images_decoded(name, tmp_path, capsys, monkeypatch):
+    # The class check came after resolve_weights (a download, maybe) and load_images (the whole decode and cache);
+    # make_folds checked it last. Mutant caught: the early check_fold_classes call removed from a command.
+    import importlib
+
+    called = []
+    for module in ("smallct.engine.cv", "smallct.engine.nested", "smallct.tuning.study", "smallct.studies.curve"):
+        for fn in ("resolve_weights", "load_images"):
+            monkeypatch.setattr(importlib.import_module(module), fn,
+                                lambda *a, _fn=fn, **k: called.append(_fn) or pytest.fail(f"{_fn} called"),
+                                raising=False)
+    data = write_phantom_png_set(tmp_path / "data", n=12, seed=0)
+    rows = (data / "labels.csv").read_text().splitlines()
+    rows[5] = "4,2"
+    (data / "labels.csv").write_text("\n".join(rows) + "\n")
+    argv, needs = ["--data", str(data), "--arch", "resnet18", "--weights", "none", "--img-size", "32", "--folds",
+                   "2"], None
+    if name == "nested":
+        candidate = tmp_path / "tiny.json"
+        candidate.write_text(json.dumps({"arch": "resnet18", "weights": "none", "img_size": 32, "epochs": 1}))
+        argv, needs = ["--data", str(data), "--folds", "2"], ["--candidates", str(candidate)]
+    err = _refused(name, argv, tmp_path / "out", capsys, needs)
+    assert "class 2 has 1 image (004)" in err and not called, (err, called)
+
+
+@pytest.mark.parametrize("name", ["cv", "nested", "tune", "curve", "fewshot"])
+def test_weights_of_another_architecture_stop_before_anything_is_written(name, phantom_dir, tmp_path, capsys):
+    # 0.3.0 refused them at the first fold, after run.json, checkpoints/ and folds/ were written (mutant: the
+    # weights checked when the first model is built again)
+    weights = tmp_path / "resnet18.pt"
+    torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), weights)
+    argv = ["--data", str(phantom_dir), "--arch", "resnet34", "--weights", str(weights), "--img-size", "32"]
+    needs = None
+    if name == "nested":
+        candidate = tmp_path / "other.json"
+        candidate.write_text(json.dumps({"arch": "resnet34", "weights": str(weights), "img_size": 32, "epochs": 1}))
+        argv, needs = ["--data", str(phantom_dir)], ["--candidates", str(candidate)]
+    elif name == "fewshot":
+        argv.remove("--img-size"), argv.remove("32")
+    err = _refused(name, [*argv, "--folds" if name != "fewshot" else "--shots", "2"], tmp_path / "out", capsys, needs)
+    assert f"{weights}: weights do not fit resnet34: " in err and "pass its --arch" in err, err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_notebook_gets_the_same_checks():

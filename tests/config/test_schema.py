@@ -58,3 +58,29 @@ def test_settings_files_and_recipes(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="cannot read settings JSON"):
         read_settings(path, CVConfig)
+
+
+def test_a_weights_yaml_in_a_settings_file_is_found_beside_that_file(tmp_path, monkeypatch):
+    # `weights: lab.yaml` in runs/lab/params.json was looked for in the working folder (mutant: read_settings not
+    # joining the settings file's folder, or joining it to a URL, a name or an absolute path).
+    folder = tmp_path / "runs" / "lab"
+    folder.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    params = Path("runs/lab/params.json")
+    for weights, expected in [("lab.yaml", "runs/lab/lab.yaml"), ("sub/lab.yml", "runs/lab/sub/lab.yml"),
+                              (str(tmp_path / "abs.yaml"), str(tmp_path / "abs.yaml")),
+                              ("https://host/w.yaml#sha256=" + "ab" * 32, "https://host/w.yaml#sha256=" + "ab" * 32),
+                              ("imagenet", "imagenet"), ("model.pth", "model.pth")]:
+        params.write_text(json.dumps({"weights": weights}))
+        assert read_settings(params, CVConfig)[0]["weights"] == expected, weights
+
+
+def test_a_weights_yaml_recorded_for_another_folder_is_absolute(tmp_path, monkeypatch):
+    # tune's best_params.json lives in --out but its weights.yaml was named from the working folder (mutant:
+    # weights_file_of leaving the path relative)
+    from smallct.config.schema import weights_file_of
+
+    monkeypatch.chdir(tmp_path)
+    assert weights_file_of("lab.yaml") == str(tmp_path / "lab.yaml")
+    assert weights_file_of("lab.yaml", Path("runs")) == str(Path("runs") / "lab.yaml")
+    assert weights_file_of("resnet50.a1_in1k") == "resnet50.a1_in1k"

@@ -56,3 +56,34 @@ def test_make_folds_returns_the_groups_it_respects(head_ct_dir):
     off = make_folds(dataset, folds=5, group_similar=None, log=lambda *_: None)
     assert off.groups is None and off.similar == [] and off.threshold is None
     assert (off.units.name, off.units.n) == ("images", 200) and off.resampling_record()["groups"] is None
+
+
+def test_too_few_groups_names_the_unit_the_folds_keep_whole(tmp_path):
+    """``--folds`` above the number of groups says which groups: near-duplicate groups, patients (smallct 0.3 said
+    "patients" for every kind). Mutant: a message that drops the unit, or names patients for near-duplicates."""
+    import dataclasses
+
+    from PIL import Image
+
+    from smallct.data.folds import make_folds
+    from smallct.datasets.folder import load_dataset
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    rows = []
+    for g in range(8):  # 8 distinct slices, each saved 3 times: 24 images, 12 of each class, 8 groups
+        image = np.clip(rng.normal(128, 60, (16, 16, 3)).repeat(8, 0).repeat(8, 1), 1, 255).astype(np.uint8)
+        for c in range(3):
+            Image.fromarray(image).save(folder / f"{3 * g + c:03d}.png")
+            rows.append(f"{3 * g + c:03d},{g % 2}\n")
+    (folder / "labels.csv").write_text("id,label\n" + "".join(rows))
+    dataset = load_dataset(folder)
+    quiet = dict(progress=False, log=lambda *_: None)
+    with pytest.raises(ValueError, match=r"^--folds 10: only 8 near-duplicate groups of 24 images .*use fewer folds"):
+        make_folds(dataset, folds=10, **quiet)
+    patients = dataclasses.replace(dataset, groups=np.array([f"p{i // 4}" for i in range(24)]))
+    with pytest.raises(ValueError, match=r"^--folds 10: only 6 patients of 24 images"):
+        make_folds(patients, folds=10, group_similar=None, **quiet)
+    with pytest.raises(ValueError, match=r"^--folds 10: only [1-6] patient groups of 24 images"):
+        make_folds(patients, folds=10, **quiet)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from smallct.cv import main as cv_main
-from smallct.datasets.classes import class_note, name_classes
+from smallct.datasets.classes import check_class_sizes, class_note, name_classes
 from smallct.datasets.folder import Dataset
 from smallct.datasets.phantom import write_phantom_png_set
 from smallct.predict import main as predict_main
@@ -32,6 +32,19 @@ def test_multilabel_sets_have_no_positive_class():
     assert class_note("binary", ["normal", "hemorrhage"]) == (
         "classes: normal = 0, hemorrhage = 1; prob, sensitivity and the ROC curve are for the positive class "
         "hemorrhage")
+
+
+def test_a_class_with_too_few_images_is_named_with_its_count_and_ids():
+    ds = Dataset(ids=[f"{i:03d}" for i in range(7)], files=[], labels=np.array([0, 0, 0, 1, 1, 1, 2]),
+                 class_names=["0", "1", "2", "3"], task="multiclass", source="data (labels data/labels.csv)")
+    with pytest.raises(ValueError) as err:
+        check_class_sizes(ds, 2, "NEED")
+    # mutants caught: a count of < 1 (class 2 has one), classes without images left out, ids of another class
+    assert str(err.value) == "data (labels data/labels.csv): class 2 has 1 image (006); class 3 has 0 images; NEED"
+    check_class_sizes(Dataset(ids=["a"], files=[], labels=np.array([[1, 0]]), class_names=["any", "epidural"],
+                              task="multilabel", source="rsna"), 5, "NEED")  # label combinations: make_folds' own
+    check_class_sizes(Dataset(ids=list("abcdef"), files=[], labels=np.array([0, 1, 0, 1, 0, 1]),
+                              class_names=["0", "1"], source="ok"), 3, "NEED")  # 3 of each: enough for 3 folds
 
 
 @pytest.fixture(scope="module")

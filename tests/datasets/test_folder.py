@@ -1,8 +1,10 @@
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from smallct.datasets.folder import image_ids, load_dataset, read_labelled_folder, same_ids
+from smallct.datasets.folder import data_fingerprint, image_ids, load_dataset, read_labelled_folder, same_ids
 
 
 def make_images(folder, names):
@@ -121,3 +123,16 @@ def test_expected_classes_and_missing_labels(tmp_path):
         load_dataset(make_images(tmp_path / "bare", ["a.png"]))
     with pytest.raises(ValueError, match="no such folder"):
         load_dataset(tmp_path / "nowhere")
+
+
+def test_the_data_fingerprint_does_not_depend_on_the_label_dtype(tmp_path, head_ct_dir):
+    # 0.3.0 hashed the labels' raw bytes: int32 labels of the same set gave another fingerprint, and a settings
+    # file's _chosen_on or a study's data check missed it. Mutant caught: hashing dataset.labels' own bytes.
+    make_images(tmp_path, ["000.png", "001.png", "002.png"])
+    (tmp_path / "labels.csv").write_text("id,label\n0,1\n1,0\n2,1\n")
+    ds = load_dataset(tmp_path)
+    as32 = dataclasses.replace(ds, labels=ds.labels.astype(np.int32))
+    assert data_fingerprint(as32) == data_fingerprint(ds)
+    assert data_fingerprint(dataclasses.replace(ds, labels=1 - ds.labels)) != data_fingerprint(ds)  # labels count
+    # the shipped recipes' _chosen_on is the Head CT set's fingerprint, unchanged
+    assert data_fingerprint(load_dataset(head_ct_dir)) == "627b35b2ff42d1f0"

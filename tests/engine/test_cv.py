@@ -156,6 +156,33 @@ def test_a_shipped_recipe_is_read_by_name_and_flags_still_win(tmp_path):
         config_from_argv(["--params", "no_such_recipe"])
 
 
+def test_selection_says_what_was_chosen_and_on_which_images(tmp_path, head_ct_dir, phantom_dir):
+    """results.json's ``selection`` is true in every case (smallct 0.3 said "nothing ... is chosen on a test fold"
+    after --params from a study or a recipe compared on these very images). Mutants: a selection that ignores
+    --params, or one that ignores which images the settings were chosen on."""
+    from smallct.datasets.folder import load_dataset
+    from smallct.engine.results import settings_selection
+
+    head_ct, phantom = load_dataset(head_ct_dir), load_dataset(phantom_dir)
+    plain = settings_selection(config_from_argv([]), head_ct)
+    assert plain == ("the model after the last epoch is evaluated; nothing (epoch, threshold, setting) is chosen on "
+                     "a test fold; threshold 0.5 is fixed", None)  # unchanged: no setting came from elsewhere
+    recipe = config_from_argv(["--params", "lite0_finetune"])  # compared with others on the Head CT set itself
+    selection, note = settings_selection(recipe, head_ct)
+    assert selection.startswith("the --params settings were chosen or compared on these same 200 images")
+    assert "optimistic" in selection and "threshold 0.5" in selection
+    assert note.startswith("note: the --params settings were chosen or compared on these same 200 images")
+    assert "python -m smallct.nested" in note
+    selection, note = settings_selection(recipe, phantom)  # other images: nothing to warn of
+    assert selection.startswith("the --params settings were chosen on an image set other than exactly these 40")
+    assert note is None and "optimistic" not in selection
+    hand = tmp_path / "hand.json"
+    hand.write_text(json.dumps({"lr": 0.01}))  # a settings file that does not say where it was chosen
+    selection, note = settings_selection(config_from_argv(["--params", str(hand)]), phantom)
+    assert selection.startswith("the --params settings do not record on which images they were chosen")
+    assert "smallct.nested" in note
+
+
 def test_no_test_curves_skips_the_per_epoch_test_evaluation_only(tmp_path, phantom_dir):
     with_curves = run_cv(tiny_cfg(tmp_path / "a", phantom_dir, workers=1), progress=False, log=lambda *_: None)
     without = run_cv(tiny_cfg(tmp_path / "b", phantom_dir, workers=1, test_curves=False), progress=False,

@@ -8,12 +8,15 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from smallct.analysis.compare import compare_runs
 from smallct.config.run import CVConfig, DataConfig, TrainConfig
 from smallct.engine.cv import run_cv
 from smallct.evaluation.metrics import choose_threshold
 from smallct.config.studies import NestedConfig
+from smallct.data.similar import near_duplicate_groups
+from smallct.datasets.folder import load_dataset
 from smallct.engine.nested import run_nested
 from smallct.cli.commands.nested import config_from_argv
 from smallct.nested import main
@@ -69,7 +72,7 @@ def test_nested_chooses_on_training_parts_only_and_writes_a_cv_run_folder(phanto
     assert all(f.stat().st_mtime_ns == t for f, t in kept.items())
     assert (out / "folds" / "r0_f1.json").is_file()
     # another set of candidates, or a plain cv run in the same folder, is refused; so is cv in a nested folder
-    with pytest.raises(ValueError, match=r"other candidates \(slow, fast there\)"):
+    with pytest.raises(ValueError, match=r"other settings \(candidates \(slow, fast there\), "):  # RunFolder's rule
         run_nested(replace(cfg, candidates={"fast": cfg.candidates["fast"]}), progress=False, log=lambda *_: None)
     with pytest.raises(ValueError, match="holds a smallct.nested run"):
         run_cv(replace(cfg.candidates["fast"], folds=2, out=out), progress=False, log=lambda *_: None)
@@ -168,3 +171,80 @@ def test_the_threshold_setting_is_checked(phantom_dir, tmp_path):
         run_nested(cfg, progress=False, log=lambda *_: None)
     assert not (tmp_path / "n").exists()
 
+
+
+def write_chain_set(folder):
+    """36 unrelated block-noise images and a planted chain of 4, ``036~037~038~039``: neighbours correlate about
+    0.94, images two steps apart about 0.77, so only single linkage joins them. In the whole set (40 images) a
+    linked set of 4 is plausible and kept; in a training part of about 20 it is not, and a fresh cut splits it."""
+    rng = np.random.default_rng(0)
+    smooth = lambda a: np.clip(a.repeat(8, 0).repeat(8, 1), 1, 255).astype(np.uint8)  # noqa: E731  (128 px)
+    images = [smooth(128 + 40 * rng.normal(size=(16, 16, 3))) for _ in range(36)]
+    x, y = rng.normal(size=(2, 16, 16, 3))
+    y = y - (x * y).sum() / (x * x).sum() * x  # orthogonal to x: image t is cos(t) x + sin(t) y
+    x, y = x / x.std(), y / y.std()
+    images += [smooth(128 + 40 * (np.cos(t) * x + np.sin(t) * y)) for t in np.radians([0, 20, 40, 60])]
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    (folder / "labels.csv").write_text("id,label\n" + "".join(f"{i:03d},{i % 2}\n" for i in range(len(images))))
+    return folder
+
+
+def test_inner_folds_inherit_the_outer_groups_never_a_fresh_cut(tmp_path):
+    # mutant: inner runs that look for near-duplicates again on their training part (smallct 0.3) split the chain
+    data = write_chain_set(tmp_path / "chain")
+    out = tmp_path / "n"
+    run_nested(NestedConfig(candidates={"a": candidate(data, 3e-3)}, folds=2, inner_folds=3, out=out),
+               progress=False, log=lambda *_: None)
+    outer = json.loads((out / "run.json").read_text())
+    ids, assignment = outer["folds"]["ids"], np.array(outer["folds"]["assignment"][0])
+    group = dict(zip(ids, outer["resampling"]["groups"]))
+    chain = ["036", "037", "038", "039"]
+    assert len({group[i] for i in chain}) == 1 and outer["similar_images"]["cut_above"] is None
+    # the premise: looked for again on the training part that holds the chain, the links are cut and split it
+    other = 1 - assignment[ids.index("036")]  # the outer fold whose training part holds the chain
+    holder = np.flatnonzero(assignment != other)
+    part = load_dataset(data).subset(holder)
+    fresh = near_duplicate_groups(part, log=lambda *_: None)
+    assert fresh.cut_above is not None and len({fresh.groups[part.ids.index(i)] for i in chain}) > 1
+    inner_runs = sorted((out / "inner").glob("r0_f*/a"), key=lambda p: p.parent.name != f"r0_f{other}")
+    assert len(inner_runs) == 2
+    for inner in inner_runs:
+        record = json.loads((inner / "run.json").read_text())
+        folds_of_group: dict = {}
+        for i, k in zip(record["folds"]["ids"], record["folds"]["assignment"][0]):
+            folds_of_group.setdefault(group[i], set()).add(k)
+        assert all(len(k) == 1 for k in folds_of_group.values()), f"{inner}: an outer group in two inner folds"
+        inner_group = dict(zip(record["folds"]["ids"], record["resampling"]["groups"] or range(len(ids))))
+        same = [(a, b) for a in inner_group for b in inner_group]
+        assert all((group[a] == group[b]) == (inner_group[a] == inner_group[b]) for a, b in same)  # the same groups
+        assert record["similar_images"]["cut_above"] is None  # no stricter cut of its own
+    holding = out / "inner" / f"r0_f{other}" / "a"
+    record = json.loads((holding / "run.json").read_text())
+    assert len({record["folds"]["assignment"][0][record["folds"]["ids"].index(i)] for i in chain}) == 1
+    assert len(record["similar_images"]["pairs"]) == 3  # the whole chain's links, as found on the whole set
+
+
+def test_inner_ensembles_follow_the_runs_tta_as_predict_reads_it(tmp_path, monkeypatch):
+    # inner_ensemble_proba read run.record["tta"] itself: a run.json without that key (its TTA under
+    # config.train only, as apply.predict.run_tta reads it) was a KeyError (mutant: the record read by hand, or
+    # tta taken from anything but run_tta).
+    from pathlib import Path
+
+    import smallct.engine.nested as nested
+    from smallct.engine.run_folder import Checkpoint, Run
+
+    run = Run(tmp_path, {"task": "binary", "config": {"train": {"tta": True, "amp": False}}},
+              [Checkpoint(0, 0, Path("a.pt")), Checkpoint(0, 1, Path("b.pt"))])
+    seen = []
+    monkeypatch.setattr(nested, "load_run", lambda path: run)
+    monkeypatch.setattr(nested, "load_fold_model", lambda path, device: (path, {"mean": [0.5] * 3, "std": [0.2] * 3}))
+
+    def proba(model, images, mean, std, task, tta, **kwargs):
+        seen.append(tta)
+        return np.full((len(images), 2), 0.25 if model == Path("a.pt") else 0.75)
+
+    monkeypatch.setattr(nested, "predict_proba", proba)
+    P = nested.inner_ensemble_proba(tmp_path, np.zeros((3, 3, 8, 8), np.uint8), "cpu")
+    assert seen == [True, True] and np.allclose(P, 0.5)

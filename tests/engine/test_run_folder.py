@@ -134,6 +134,23 @@ def test_the_run_folder_names_every_file(tmp_path):
         folder.check_resume({**record, "config": {"arch": "b"}})
 
 
+def test_one_resume_rule_judges_what_a_caller_found_different(tmp_path):
+    """smallct.nested hands its differences (candidates, choice rules) to RunFolder.check_resume: the run folder's
+    one rule decides (restart while nothing finished, refuse after), as for a cv run's settings. Mutant: a second,
+    inverted rule (True for "restart") where nested kept its own."""
+    from smallct.engine.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    record = {"config": {"arch": "a"}, "folds": {"ids": ["x", "y"], "assignment": [[0, 1]]}}
+    assert folder.check_resume(record, ["candidates (a, b there)"]) is False  # no run there: a new run
+    folder.start(record, resuming=False)
+    assert folder.check_resume(record, []) is True  # the same run: resume
+    assert folder.check_resume(record, ["candidates (a, b there)"]) is False  # nothing finished: start again
+    folder.write_fold(0, 0, {"repeat": 0, "fold": 0})
+    with pytest.raises(ValueError, match=r"other settings \(candidates \(a, b there\), arch\); use another --out"):
+        folder.check_resume({**record, "config": {"arch": "b"}}, ["candidates (a, b there)"])
+
+
 def test_run_json_records_the_device_and_thread_count(small_run):
     record = load_run(small_run).record
     assert record["device"] == "cpu" and record["threads"] == 1  # the test session runs at one torch thread
@@ -234,3 +251,35 @@ def test_a_run_json_from_before_the_rsna_ingredients_still_resumes(small_run, tm
         RunFolder(run).check_resume(now)
     with pytest.raises(ValueError, match=r"other settings \(train\)"):
         _resumed_with(run, train=replace(cfg.train, ema=0.99), threads=1)
+
+
+def test_run_json_records_its_fold_scheme_and_a_one_repeat_run_of_scheme_1_still_resumes(small_run, tmp_path):
+    assert load_run(small_run).record["folds_scheme"] == 2  # smallct.data.seeds.FOLDS_SCHEME
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    record = json.loads((run / "run.json").read_text())
+    del record["folds_scheme"]  # as smallct <= 0.3 wrote it: one repeat, the folds every scheme draws
+    (run / "run.json").write_text(json.dumps(record))
+    _resumed_with(run, threads=1)  # resumed (every fold done, nothing trained), not refused
+    assert json.loads((run / "run.json").read_text()) == record
+
+
+def test_resuming_a_repeated_run_of_fold_scheme_1_names_the_scheme(tmp_path):
+    from smallct.data.folds import fold_assignment
+    from smallct.engine.run_folder import RunFolder
+
+    labels = np.tile([0, 1], 10)
+    ids = [f"{i:03d}" for i in range(20)]
+    now = fold_assignment(labels, 2, 2, seed=0)
+    then = [now[0].tolist(), fold_assignment(labels, 2, 1, seed=1)[0].tolist()]  # 0.3's repeat 1: seed 0 + 1
+    assert then[1] != now[1].tolist()
+    folder = RunFolder(tmp_path / "run")
+    old = {"config": {"arch": "a", "folds": 2, "repeats": 2, "seed": 0}, "folds": {"ids": ids, "assignment": then}}
+    folder.start(old, resuming=False)
+    folder.write_fold(1, 0, {"repeat": 1, "fold": 0})
+    new = {**old, "folds": {"ids": ids, "assignment": now.tolist()}, "folds_scheme": 2}
+    with pytest.raises(ValueError) as err:
+        folder.check_resume(new)
+    message = str(err.value)
+    assert "the run there was made by fold scheme 1, smallct <= 0.3, this run by fold scheme 2" in message
+    assert "fold assignment (data)" not in message and "--seed" not in message  # the flags are not the cause

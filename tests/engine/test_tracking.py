@@ -6,6 +6,7 @@ Every run is tiny: phantom images at 32 px, resnet18 from random weights, 2 fold
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -22,12 +23,13 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from smallct.cv import main
 from smallct.config.run import CVConfig, DataConfig, TrainConfig, to_dict
+from smallct.config.schema import flat
 from smallct.config.studies import CurveConfig, NestedConfig, TuneConfig
 from smallct.datasets.phantom import write_phantom_png_set
 from smallct.engine.cv import run_cv
 from smallct.engine.nested import _record, run_nested
-from smallct.engine.tracking import EPOCH_TAGS, Tracker
-from smallct.studies.curve import run_curve
+from smallct.engine.tracking import EPOCH_TAGS, HPARAM_METRICS, Tracker
+from smallct.studies.curve import run_curve, track_curve
 from smallct.tuning.space import parse_space
 from smallct.tuning.study import run_study
 
@@ -58,6 +60,28 @@ def _session(events: EventAccumulator) -> dict:
     content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
     start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
     return {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+
+
+def _hparams_view(logdir: Path, reorder=None) -> tuple[dict, list[str]]:
+    """What TensorBoard's HParams view shows for ``tensorboard --logdir LOGDIR``, as its own backend computes it:
+    ({setting: its type's name}, [metric column]); ``reorder`` (a list of runs -> the same in another order): the
+    order in which the backend meets the runs (it takes the first declaration it finds)."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context
+
+    runs = plugin_event_multiplexer.EventMultiplexer().AddRunsFromDirectory(str(logdir))
+    runs.Reload()
+    backend = backend_context.Context(base_plugin.TBContext(
+        logdir=str(logdir), multiplexer=runs, data_provider=data_provider.MultiplexerDataProvider(runs, str(logdir))))
+    request = context.RequestContext()
+    content = backend.hparams_metadata(request, "")
+    content = {run: content[run] for run in (reorder or list)(list(content))}
+    experiment = backend.experiment_from_metadata(request, "", True, content,
+                                                  backend.hparams_from_data_provider(request, "", limit=None))
+    return ({h.name: api_pb2.DataType.Name(h.type) for h in experiment.hparam_infos},
+            [m.name.tag for m in experiment.metric_infos])
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +116,16 @@ def test_cv_run_writes_curves_per_fold_hparams_and_figures_for_tensorboard(tmp_p
         result.results["mean_std_over_folds"]["accuracy"]["mean"])
     hparams = _session(run)
     assert hparams["arch"] == "resnet18" and hparams["lr"] == pytest.approx(1e-3) and hparams["folds"] == 2
-    assert hparams["tta"] == 0 and hparams["img_size"] == 32  # TensorBoard's HParams: a bool as 0 or 1
+    assert hparams["tta"] is False and hparams["img_size"] == 32  # a bool as a bool (0.3.0: the number 0)
+    assert "class_names" not in hparams and "labels" not in hparams  # unset settings: no value (0.3.0: "none")
+    # the HParams view of `tensorboard --logdir runs`: the few final figures as its columns (0.3.0: 55, every
+    # scalar of the run and its folds), each a figure the run has (a binary run: all but the multi-label ones)
+    settings, columns = _hparams_view(runs)
+    assert columns == list(HPARAM_METRICS) and len(columns) <= 10
+    assert {c for c in columns if c in run.Tags()["scalars"]} == set(HPARAM_METRICS) - {
+        "pooled/mean_auc", "pooled/weighted_log_loss", "mean_over_folds/mean_auc"}
+    assert settings["tta"] == "DATA_TYPE_BOOL" and settings["lr"] == "DATA_TYPE_FLOAT64"
+    assert settings["class_names"] == "DATA_TYPE_STRING"  # a column of every run, though this one leaves it unset
     end = hparams_metadata.parse_session_end_info_plugin_data(
         run.PluginTagToContent(hparams_metadata.PLUGIN_NAME)[hparams_metadata.SESSION_END_INFO_TAG])
     assert end.status == 1  # STATUS_SUCCESS
@@ -104,6 +137,58 @@ def test_cv_run_writes_curves_per_fold_hparams_and_figures_for_tensorboard(tmp_p
     everything = EventMultiplexer().AddRunsFromDirectory(str(runs))
     everything.Reload()
     assert {"cv/tensorboard", "cv/tensorboard/r0_f0", "cv/tensorboard/r0_f1"} <= set(everything.Runs())
+
+
+def test_hparams_settings_keep_their_types_and_unset_ones_are_left_out(tmp_path):
+    # mutants caught: a bool logged as a number (0.3.0, through torch's hparams), None as "none" (0.3.0), a
+    # setting whose text is "none" (--weights none) dropped with the unset ones, no declared metric columns
+    with Tracker.open(tmp_path / "run" / "tensorboard", None, "run") as tracker:
+        tracker.start({"tta": True, "crop": False, "lr": 0.01, "folds": 5, "weights": "none", "class_names": None,
+                       "sizes": [4, 8], "out": tmp_path / "run", "mlflow": "sqlite:///x.db"})
+        tracker.finish({"pooled/roc_auc": 0.75, "std_over_folds/roc_auc": 0.05})
+    hparams = _session(_events(tmp_path / "run" / "tensorboard"))
+    assert hparams == {"tta": True, "crop": False, "lr": 0.01, "folds": 5, "weights": "none", "sizes": "4,8",
+                       "out": str(tmp_path / "run")}
+    assert type(hparams["tta"]) is bool and type(hparams["crop"]) is bool
+    settings, columns = _hparams_view(tmp_path)
+    assert {k: settings[k] for k in ("tta", "crop", "lr", "folds", "weights", "out")} == {
+        "tta": "DATA_TYPE_BOOL", "crop": "DATA_TYPE_BOOL", "lr": "DATA_TYPE_FLOAT64", "folds": "DATA_TYPE_FLOAT64",
+        "weights": "DATA_TYPE_STRING", "out": "DATA_TYPE_STRING"}
+    assert set(settings) == set(flat(CVConfig())) - {"mlflow"}  # the cv settings' columns, set or not
+    assert columns == list(HPARAM_METRICS)  # not std_over_folds/roc_auc, though it is a scalar of the run
+
+
+def _experiment(events: EventAccumulator):
+    """The HParams experiment declared in ``events``, or None."""
+    content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME).get(hparams_metadata.EXPERIMENT_TAG)
+    return None if content is None else hparams_metadata.parse_experiment_plugin_data(content)
+
+
+def test_hparams_columns_are_the_same_whichever_run_tensorboard_reads_first(tmp_path):
+    # TensorBoard takes the first HParams declaration it meets for the whole logdir. Mutants caught: each run
+    # declaring only the settings it sets (a run without --img-size or --task hid those columns for every run), a
+    # learning curve declaring its own settings (all of cv's columns gone when it is read first)
+    runs = tmp_path / "runs"
+    for name, cfg in (("set", CVConfig(task="binary", data=DataConfig(img_size=32, class_names=["a", "b"]))),
+                      ("unset", CVConfig())):
+        with Tracker.open(runs / name / "tensorboard", None, name) as tracker:
+            tracker.start(flat(cfg))
+            tracker.finish({"pooled/roc_auc": 0.75})
+    summary = pd.DataFrame([{"series": "probe / none", "n": 4, **{f"{m}_{c}": 0.5 for m in ("accuracy",
+                            "balanced_accuracy", "roc_auc") for c in ("pooled", "ci_low", "ci_high")}}])
+    track_curve(Tracker.open(runs / "curve" / "tensorboard", None, "curve"), CurveConfig(sizes=[4], weights=["none"]),
+                summary, runs / "curve")
+    declared = {name: _experiment(_events(runs / name / "tensorboard")) for name in ("set", "unset", "curve")}
+    assert declared["set"] == declared["unset"] and declared["curve"] is None
+    assert _session(_events(runs / "curve" / "tensorboard"))["sizes"] == "4"  # the curve's settings: its session
+    assert "img_size" not in _session(_events(runs / "unset" / "tensorboard"))  # unset: still no value
+    views = [_hparams_view(runs, lambda found, order=order: sorted(found, key=order.index))
+             for order in itertools.permutations(["set/tensorboard", "unset/tensorboard", "curve/tensorboard"])]
+    settings, columns = views[0]
+    assert all(view == views[0] for view in views)
+    assert set(settings) == set(flat(CVConfig())) - {"mlflow"} and columns == list(HPARAM_METRICS)
+    assert settings["img_size"] == "DATA_TYPE_FLOAT64" and settings["task"] == "DATA_TYPE_STRING"
+    assert settings["class_names"] == "DATA_TYPE_STRING" and settings["amp"] == "DATA_TYPE_BOOL"
 
 
 def test_without_tensorboard_or_mlflow_nothing_is_written(tmp_path, tiny_set):
@@ -137,7 +222,7 @@ def test_mlflow_without_mlflow_installed_is_one_line_before_the_run(tmp_path, ti
 def _mlflow(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.chdir(tmp_path)  # the sqlite store keeps artifacts in ./mlruns
+    monkeypatch.chdir(tmp_path)  # a store another tool made may keep artifacts in ./mlruns: not in the repository
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     return uri, MlflowClient(tracking_uri=uri)
@@ -237,7 +322,10 @@ def test_nested_and_curve_runs_write_event_files(tmp_path, tiny_set):
     events = _events(tmp_path / "curve" / "tensorboard")
     accuracy = events.Scalars("accuracy/probe_none")
     assert [s.step for s in accuracy] == [4, 8]
-    assert [s.value for s in accuracy] == pytest.approx(curve.summary["accuracy_mean"].tolist())
+    # the pooled figure and its interval, as curve.png draws them
+    assert [s.value for s in accuracy] == pytest.approx(curve.summary["accuracy_pooled"].tolist())
+    assert [s.value for s in events.Scalars("accuracy_ci95_low/probe_none")] == pytest.approx(
+        curve.summary["accuracy_ci_low"].tolist())
     assert "figures/curve" in events.Tags()["images"] and _session(events)["sizes"] == "4,8"
 
 
@@ -302,6 +390,8 @@ def test_unreachable_mlflow_uri_is_one_quick_line_before_the_run(tmp_path, tiny_
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and seconds < 20, (seconds, err)
     assert f"--mlflow http://smallct:***@127.0.0.1:{port}: cannot reach" in err[0] and "secret" not in err[0]
+    # short, and why in a few words (0.3.0: ~400 characters of urllib3's HTTPConnectionPool... text)
+    assert len(err[0]) < 200 and "(connection refused)" in err[0] and "HTTPConnection" not in err[0], err[0]
     assert not (out / "run.json").exists()  # stopped before the run folder was written
     assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
 

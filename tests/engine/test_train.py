@@ -14,7 +14,10 @@ from torch import nn
 from smallct.data.transforms import normalize
 from smallct.config.run import CVConfig, DataConfig, TrainConfig
 from smallct.models.factory import create_model
-from smallct.engine.train import ema_decay, fit, lr_factor, make_optimizer, update_ema
+from smallct.engine import train
+from smallct.engine.estimate import estimate_seconds, fit_seconds
+from smallct.engine.train import (TIMING_BATCH_CPU, ema_decay, fit, lr_factor, make_optimizer, slow_epoch,
+                                  time_training_step, timing_batch, update_ema)
 from smallct.models.weights import resolve_weights
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -173,3 +176,70 @@ def test_a_cv_run_with_every_ingredient_on_trains_and_records_them_in_run_json(p
     recorded = json.loads((tmp_path / "run" / "run.json").read_text())["config"]["train"]
     assert {k: recorded[k] for k in EVERY_INGREDIENT} == EVERY_INGREDIENT
     assert result.oof["prob"].between(0, 1).all() and len(result.history) == 4
+
+
+def _images_per_forward(model) -> list[int]:
+    """The batch sizes ``model`` is called with from now on."""
+    seen = []
+    model.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+    return seen
+
+
+def test_the_duration_estimate_times_one_small_batch_after_one_warm_up_step(monkeypatch):
+    # 0.3.0 timed three training batches (32 images each; resnet152 at 224 px: a minute before the first line): a
+    # mutant timing the training batch, or more than one step after the warm-up, calls the model with more images.
+    # A budget of 0 s for the training batch makes this tiny model as slow as resnet152 is on a CPU.
+    monkeypatch.setattr(train, "FULL_BATCH_SECONDS", 0.0)
+    model, x, y = _tiny(n=32)
+    seen = _images_per_forward(model)
+    cfg = CVConfig(train=TrainConfig(epochs=3, batch_size=32, tta=True))
+    source = resolve_weights("resnet18", "none")
+    seconds, rate = estimate_seconds(model, x, y.numpy(), cfg, source, "binary", torch.device("cpu"), n_train=24,
+                                     n_test=8, n_fits=2)
+    assert seen == [TIMING_BATCH_CPU, TIMING_BATCH_CPU] == [4, 4]  # one warm-up step, one timed step
+    assert rate > 0 and seconds == pytest.approx(2 * fit_seconds(1 / rate, cfg.train, 24, 8, 3 + 1 + 1))
+    seen.clear()
+    assert time_training_step(model, x, y, TrainConfig(batch_size=2), MEAN, STD, "binary", torch.device("cpu")) > 0
+    assert seen == [2, 2]  # never more than the training batch
+
+
+def test_a_fast_model_is_timed_on_its_training_batch_too(monkeypatch):
+    # where a warm-up and a timed training batch fit in the budget, they are taken (small images: a step's fixed
+    # costs weigh, and 4 images would say several times too much); a mutant that never does sees [4, 4]
+    monkeypatch.setattr(train, "FULL_BATCH_SECONDS", 1e9)
+    model, x, y = _tiny(n=32)
+    seen = _images_per_forward(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert time_training_step(model, x, y, TrainConfig(batch_size=16), MEAN, STD, "binary", torch.device("cpu")) > 0
+    assert seen == [4, 4, 16, 16]
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # the weights restored
+
+
+def test_the_timed_batch_is_small_on_a_cpu_and_the_training_batch_on_a_gpu():
+    cfg = TrainConfig(batch_size=32)
+    assert timing_batch(cfg, 100, torch.device("cpu")) == 4 and timing_batch(cfg, 3, torch.device("cpu")) == 3
+    assert timing_batch(cfg, 100, torch.device("cuda")) == 32 and timing_batch(cfg, 20, torch.device("cuda")) == 20
+
+
+def test_an_epoch_is_slow_when_its_steps_together_take_longer_than_the_threshold():
+    assert slow_epoch(2.0, 20, threshold=30) and not slow_epoch(1.0, 20, threshold=30)  # 40 s, 20 s an epoch
+    assert not slow_epoch(100.0, 1, threshold=30)  # one step: a bar of one batch tells nothing
+    assert slow_epoch(1.0, 31) and not slow_epoch(1.0, 29)  # the default threshold: 30 s
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1e9])
+def test_a_slow_epoch_shows_a_bar_of_its_batches_under_the_bar_of_epochs(threshold, monkeypatch, capsys):
+    # the threshold injected: 0 s makes every epoch slow, 1e9 s none; a mutant that never (or always) shows the
+    # bar fails one of the two
+    monkeypatch.setattr(train, "BATCH_BAR_SECONDS", threshold)
+    model, x, y = _tiny(n=12)
+    cfg = TrainConfig(epochs=2, batch_size=4, augment="none")
+    fit(model, x, y, cfg, MEAN, STD, desc="fold 1/2")
+    lines = capsys.readouterr().err.splitlines()  # no terminal: each bar writes whole lines
+    batch_lines = [line for line in lines if "batch" in line]
+    assert any(line.startswith("fold 1/2:") and "epoch" in line for line in lines)  # the bar of epochs, always
+    if threshold == 0:
+        for epoch in (1, 2):  # each epoch's bar, to its last of 3 batches
+            assert any(line.startswith(f"fold 1/2 epoch {epoch}/2:") and "3/3" in line for line in batch_lines)
+    else:
+        assert batch_lines == []

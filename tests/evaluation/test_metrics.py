@@ -1,9 +1,12 @@
+import warnings
+
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
 from smallct.evaluation.intervals import bootstrap_ci
-from smallct.evaluation.metrics import binary_metrics, choose_threshold, multiclass_metrics, roc_auc, summarize_folds
+from smallct.evaluation.metrics import (binary_metrics, choose_threshold, classification_metrics, counted_figures,
+                                       multiclass_metrics, roc_auc, summarize_folds)
 
 
 @pytest.fixture
@@ -38,6 +41,24 @@ def test_multiclass_metrics_match_scikit_learn():
     m = multiclass_metrics(y, P)
     assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, P.argmax(1)))
     assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, P, multi_class="ovr"))
+
+
+def test_multiclass_metrics_are_right_and_quiet_when_a_test_fold_lacks_a_class():
+    # Class 2 is absent from this fold, and predicted once (image 2). 0.3.0 warned twice (scikit-learn's
+    # "y_pred contains classes not in y_true" and "Only one class is present"). Mutants caught: balanced accuracy
+    # over all three classes (5/9), F1 over every class (the second fold), AUC over the classes present.
+    y = np.array([0, 0, 0, 1, 1, 1])
+    P = np.array([[.6, .3, .1], [.5, .2, .3], [.3, .3, .4], [.2, .7, .1], [.1, .6, .3], [.4, .5, .1]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = multiclass_metrics(y, P)
+        two = multiclass_metrics(y[[0, 1, 3, 4]], P[[0, 1, 3, 4]])  # class 2 neither present nor predicted
+    assert m["accuracy"] == pytest.approx(5 / 6)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)  # the recalls of the classes present
+    assert m["f1"] == pytest.approx((0.8 + 1 + 0) / 3)  # classes present or predicted; class 2: 0 right of 1
+    assert np.isnan(m["roc_auc"])  # class 2's one-vs-rest AUC has no positives (as counted_figures says)
+    assert m["log_loss"] == pytest.approx(-np.mean(np.log([.6, .5, .3, .7, .6, .5])))
+    assert two["f1"] == two["balanced_accuracy"] == two["accuracy"] == 1.0
 
 
 def test_bootstrap_interval_covers_the_estimate_and_narrows_with_n():
@@ -97,3 +118,26 @@ def test_choose_threshold_by_balanced_accuracy_keeps_the_minority_class():
     assert binary_metrics(y, p, t_bal)["balanced_accuracy"] > binary_metrics(y, p, t_acc)["balanced_accuracy"]
     with pytest.raises(ValueError, match="choose accuracy or balanced_accuracy"):
         choose_threshold(y, p, "f1")
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_counted_figures_are_the_metrics_of_the_images_repeated(n_classes):
+    # a bootstrap resample as counts: the figures must be classification_metrics' on the images taken that often.
+    # Mutants caught: p > 0.5 instead of >= 0.5 (the 0.5 rows), ties in the AUC not halved (the copied scores), a
+    # class absent from the resample kept in the balanced accuracy (rows of zero counts), counts ignored
+    rng = np.random.default_rng(n_classes)
+    y = rng.integers(0, n_classes, 60)
+    P = rng.dirichlet(np.ones(n_classes), 60)
+    P[:10] = P[10:20]  # tied scores
+    if n_classes == 2:
+        P[20:23] = 0.5  # on the threshold
+    counts = rng.integers(0, 3, (40, 60))
+    counts[0, y == 0] = 0  # one class missing: AUC undefined, balanced accuracy over the classes present
+    counts[1] = 1  # every image once
+    figures = counted_figures(y, P, counts)
+    for b in range(len(counts)):
+        idx = np.repeat(np.arange(60), counts[b])
+        expected = classification_metrics(y[idx], P[idx])
+        for name, values in figures.items():
+            assert values[b] == pytest.approx(expected[name], abs=1e-12, nan_ok=True), (b, name)
+    assert np.isnan(figures["roc_auc"][0]) and np.isfinite(figures["balanced_accuracy"][0])

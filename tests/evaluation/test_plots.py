@@ -207,3 +207,24 @@ def test_interval_plot_ticks_at_the_sizes_and_keeps_a_long_title_inside():
     ax = fig.axes[0]
     assert list(ax.get_xticks()) == [10, 20, 40, 80]
     assert _inside(fig, ax.title) and ax.get_title().replace("\n", " ") == title
+
+
+def test_interval_plot_draws_the_named_point_and_band_and_says_the_unit_in_the_legend():
+    # curve.png draws the pooled figure with its bootstrap band, fewshot.png the mean with the new-pool band; the
+    # legend names what the band resamples (a plot that drew the mean, or the t interval, would fail here)
+    summary = pd.DataFrame({"n": [10, 40], "series": "probe / imagenet", "accuracy_mean": [0.6, 0.7],
+                            "accuracy_pooled": [0.62, 0.74], "accuracy_ci_low": [0.5, 0.65],
+                            "accuracy_ci_high": [0.72, 0.83], "accuracy_new_pool_ci_low": [0.3, 0.4],
+                            "accuracy_new_pool_ci_high": [0.9, 0.95]})
+    band = "95% CI, percentile bootstrap over 158 near-duplicate groups of 200 images (1000 resamples)"
+    fig = interval_plot(summary, "n", "series", "n", "learning curve", point="pooled", band=band)
+    ax = fig.axes[0]
+    assert list(ax.lines[0].get_ydata()) == [0.62, 0.74]
+    legend = " ".join(t.get_text().replace("\n", " ") for t in ax.get_legend().get_texts())
+    assert f"band: {band}" in legend and "pooled out-of-fold" in ax.get_ylabel()
+    top = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert top.min() == pytest.approx(0.5) and top.max() == pytest.approx(0.83)
+    wide = interval_plot(summary, "n", "series", "n", "few-shot", interval="new_pool_ci", band="a new pool").axes[0]
+    assert list(wide.lines[0].get_ydata()) == [0.6, 0.7] and "(mean, 95% interval)" in wide.get_ylabel()
+    top = wide.collections[0].get_paths()[0].vertices[:, 1]
+    assert top.min() == pytest.approx(0.3) and top.max() == pytest.approx(0.95)

@@ -474,3 +474,116 @@ def test_hugging_face_bars_are_off_only_while_downloading_into_a_log(capsys, tmp
         assert are_progress_bars_disabled()  # the user's choice is kept
     finally:
         enable_progress_bars()
+
+
+def _cv(phantom_dir, out, weights: str) -> list[str]:
+    """A tiny ``smallct.cv`` command line on the phantom set with ``--weights WEIGHTS``."""
+    return ["--data", str(phantom_dir), "--arch", "resnet18", "--weights", weights, "--img-size", "32", "--epochs",
+            "1", "--folds", "2", "--batch-size", "8", "--no-tta", "--no-tensorboard", "--out", str(out),
+            "--no-progress"]
+
+
+def test_weights_by_url_on_the_command_line_are_downloaded_checked_and_recorded(server, torch_home, online,
+                                                                                 phantom_dir, tmp_path, capsys):
+    from smallct.cv import main
+
+    state, body = _resnet18_checkpoint(seed=7)
+    server.files["/lab/r18_ct.pth"] = body
+    sha = hashlib.sha256(body).hexdigest()
+    url = f"{server.url}/lab/r18_ct.pth"
+    out = tmp_path / "run"
+    assert main(_cv(phantom_dir, out, f"{url}#sha256={sha}&mean=0.5,0.5,0.5&std=0.25,0.25,0.25&input_size=64")) == 0
+    assert f"resnet18 (weights from {url})" in capsys.readouterr().out
+    weights = json.loads((out / "run.json").read_text())["weights"]
+    assert weights == {"arch": "resnet18", "kind": "url", "path": str(torch_home / f"r18_ct-{sha[:8]}.pth"), "url": url,
+                       "sha256": sha, "package": None, "mean": [0.5] * 3, "std": [0.25] * 3, "input_size": 64,
+                       "description": f"weights from {url}"}
+    assert server.requests == {"/lab/r18_ct.pth": 1}
+    loaded = torch.load(out / "checkpoints" / "r0_f0.pt", weights_only=True)
+    assert loaded["mean"] == [0.5] * 3 and loaded["std"] == [0.25] * 3  # the fold models normalise as the file says
+
+    # the same weights from a weights.yaml (the contract there): no second download
+    spec = tmp_path / "weights.yaml"
+    spec.write_text(f"url: {url}\nsha256: '{sha}'\nmean: [0.5, 0.5, 0.5]\nstd: [0.25, 0.25, 0.25]\ninput_size: 64\n")
+    assert main(_cv(phantom_dir, tmp_path / "run_yaml", str(spec))) == 0
+    again = json.loads((tmp_path / "run_yaml" / "run.json").read_text())["weights"]
+    assert {k: again[k] for k in ("kind", "url", "sha256", "path", "mean", "std", "input_size")} == {
+        k: weights[k] for k in ("kind", "url", "sha256", "path", "mean", "std", "input_size")}
+    assert server.requests == {"/lab/r18_ct.pth": 1}
+
+
+def test_weights_by_url_with_a_wrong_sha256_are_refused_in_one_line_and_nothing_is_kept(server, torch_home, online,
+                                                                                        phantom_dir, tmp_path, capsys):
+    from smallct.cv import main
+
+    _, body = _resnet18_checkpoint(seed=7)
+    server.files["/lab/r18_ct.pth"] = body
+    url, wrong = f"{server.url}/lab/r18_ct.pth", hashlib.sha256(b"another file").hexdigest()
+    out = tmp_path / "run"
+    assert main(_cv(phantom_dir, out, f"{url}#sha256={wrong}")) == 2
+    downloading, err = capsys.readouterr().err.strip().splitlines()  # (stderr is no terminal: a line, no bar)
+    assert downloading == f"downloading {url} -> {torch_home / f'r18_ct-{wrong[:8]}.pth'}" and err.startswith(
+        "smallct.cv: error:")
+    _one_line_naming(err, url, "invalid hash value", wrong, torch_home)
+    assert server.requests == {"/lab/r18_ct.pth": 1}
+    assert not out.exists() and list(torch_home.iterdir()) == []  # no run folder, no file in the cache
+
+
+def test_url_weights_of_another_architecture_stop_before_the_run_folder(server, torch_home, online, phantom_dir,
+                                                                        tmp_path, capsys):
+    # 0.3.0 + the URL spec checked no architecture for downloaded weights: a resnet34 file under --arch resnet18
+    # failed at the first fold, after run.json, checkpoints/ and folds/ were written (mutant: no check_fits in
+    # _registered).
+    from smallct.cv import main
+
+    buffer = io.BytesIO()
+    torch.save(builder("resnet34")(1000).state_dict(), buffer)
+    body = buffer.getvalue()
+    server.files["/lab/r34.pth"] = body
+    url, sha = f"{server.url}/lab/r34.pth", hashlib.sha256(body).hexdigest()
+    spec = tmp_path / "weights.yaml"
+    spec.write_text(f"url: {url}\nsha256: '{sha}'\n")
+    for weights in (f"{url}#sha256={sha}", str(spec)):
+        out = tmp_path / "run"
+        assert main(_cv(phantom_dir, out, weights)) == 2
+        assert not out.exists()  # no run.json, checkpoints/ or folds/
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("smallct.cv: error:") and "weights do not fit resnet18" in err and url in err, err
+    assert server.requests == {"/lab/r34.pth": 1}  # downloaded once, kept in the cache, refused both times
+
+
+def test_two_urls_ending_in_the_same_name_get_their_own_cache_files(server, torch_home, online, phantom_dir, tmp_path,
+                                                                     capsys):
+    # 0.3.0 + the URL spec cached both as model.pth: the second URL found the first's file and failed its hash
+    # check (mutant: the cache file named by the URL's last part alone).
+    from smallct.cv import main
+
+    paths = []
+    for i, host in enumerate(("a", "b")):
+        _, body = _resnet18_checkpoint(seed=20 + i)
+        server.files[f"/{host}/model.pth"] = body
+        sha = hashlib.sha256(body).hexdigest()
+        out = tmp_path / f"run_{host}"
+        assert main(_cv(phantom_dir, out, f"{server.url}/{host}/model.pth#sha256={sha}")) == 0, capsys.readouterr()
+        recorded = json.loads((out / "run.json").read_text())["weights"]
+        assert recorded["sha256"] == sha and recorded["path"] == str(torch_home / f"model-{sha[:8]}.pth")
+        paths.append(recorded["path"])
+    assert paths[0] != paths[1] and server.requests == {"/a/model.pth": 1, "/b/model.pth": 1}
+
+
+@pytest.mark.parametrize("weights, message", [
+    ("{url}", "no SHA-256 to check the download against: append #sha256=HEX"),
+    ("{url}#sha256=f37072fd", "sha256 'f37072fd': expected the 64 hex digits"),
+    ("{yaml}", "unknown key normalise"),
+])
+def test_a_bad_weights_spec_stops_the_cli_in_one_line_before_anything_is_fetched_or_written(
+        weights, message, server, torch_home, online, phantom_dir, tmp_path, capsys):
+    from smallct.cv import main
+
+    spec = tmp_path / "weights.yaml"
+    spec.write_text(f"url: {server.url}/r18.pth\nsha256: '{'ab' * 32}'\nnormalise: true\n")
+    out = tmp_path / "run"
+    assert main(_cv(phantom_dir, out, weights.format(url=f"{server.url}/r18.pth", yaml=spec))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("smallct.cv: error:") and len(err.splitlines()) == 1 and message in err, err
+    assert server.requests == {} and not out.exists() and not torch_home.exists()

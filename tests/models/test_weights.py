@@ -159,8 +159,8 @@ def test_missing_path_names_the_path(tmp_path):
 def test_a_file_of_another_architecture_is_refused(tmp_path):
     path = tmp_path / "r18.pt"
     torch.save(_resnet18_state(seed=0), path)
-    with pytest.raises(ValueError, match="weights do not fit resnet34"):
-        create_model("resnet34", 2, resolve_weights("resnet34", str(path)))
+    with pytest.raises(ValueError, match=r"r18.pt: weights do not fit resnet34: .* pass its --arch\)$"):
+        resolve_weights("resnet34", str(path))  # when resolved, before any run folder is started
 
 
 def test_map_in_order_renames_by_position_and_checks_every_shape():

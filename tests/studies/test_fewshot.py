@@ -12,7 +12,9 @@ from scipy import stats
 from smallct.data.similar import near_duplicate_groups
 from smallct.datasets import load_dataset
 from smallct.fewshot import main
-from smallct.studies.fewshot import check_shots, episode_rng, sample_episode
+from smallct.evaluation.intervals import Units, bootstrap_indices
+from smallct.evaluation.metrics import classification_metrics
+from smallct.studies.fewshot import _row, check_shots, episode_draws, episode_rng, sample_episode, summarize_fewshot
 from smallct.studies.methods import (EMBEDDING_METHODS, episode_embeddings, label_propagation, linear_probe,
                                      nearest_neighbours, nearest_prototype, normalize_embeddings)
 from tests.conftest import write_easy_set
@@ -144,6 +146,46 @@ def test_summary_mean_std_and_t_interval():
     assert s.loc["b", "accuracy_std"] == 0 and s.loc["b", "accuracy_ci_low"] == pytest.approx(0.9)
 
 
+def test_new_pool_interval_does_not_narrow_with_episodes_of_the_same_images():
+    # 40 groups of 3 near-copies. The t interval over episodes narrows as episodes are added (+-0.09 at 5 episodes,
+    # +-0.02 at 60): it describes this pool. The new-pool interval resamples the groups of the query images, the
+    # same draw for every episode, and the episodes: it stays near +-0.05. Mutants caught: a t over episodes,
+    # images resampled instead of groups, a separate draw per episode (both narrower), episodes not resampled,
+    # the figure not taken over the query images
+    rng = np.random.default_rng(0)
+    group_labels = np.repeat([0, 1], 20)
+    centres = rng.normal(size=(40, 16))
+    centres[group_labels == 1, :2] += 1.2
+    groups = np.repeat(np.arange(40), 3)
+    z, labels = centres[groups] + 0.3 * rng.normal(size=(120, 16)), group_labels[groups]
+    units = Units(120, groups, "near-duplicate groups")
+
+    def summary(episodes):
+        rows = [_row("linear", k, e, labels[q], linear_probe(z[s], labels[s], z[q], 2, C=0.1), 0, q)
+                for k, e, s, q in episode_draws(labels, [3], episodes, 0, groups)]
+        return rows, summarize_fewshot(rows, labels, units, n_boot=400).iloc[0]
+
+    def half(row, which=""):
+        return (row[f"accuracy_{which}ci_high"] - row[f"accuracy_{which}ci_low"]) / 2
+
+    _, few = summary(5)
+    rows, many = summary(60)
+    assert half(many) < 0.5 * half(few)  # this pool: the t interval narrows with episodes
+    assert half(many, "new_pool_") >= 0.5 * half(few, "new_pool_") and half(many, "new_pool_") > 2 * half(many)
+    # the reference: each drawn episode's accuracy over its query images as often as drawn, mean over the episodes
+    values = []
+    episodes = bootstrap_indices(60, 400, np.random.SeedSequence([0, 1]))  # the draws of summarize_resampled
+    for idx, chosen in zip(bootstrap_indices(units, 400, seed=0), episodes):
+        drawn = np.bincount(idx, minlength=120)
+        values.append(np.mean([classification_metrics(labels[np.repeat(r["_index"], drawn[r["_index"]])],
+                                                      np.repeat(r["_P"], drawn[r["_index"]], axis=0))["accuracy"]
+                               for r in (rows[e] for e in chosen)]))
+    assert [many["accuracy_new_pool_ci_low"], many["accuracy_new_pool_ci_high"]] == pytest.approx(
+        np.quantile(values, [0.025, 0.975]), abs=1e-12)
+    assert many["ci_describes"].startswith("this pool") and "120 images" in many["ci_describes"]
+    assert many["new_pool_ci_method"].startswith("percentile bootstrap over 40 near-duplicate groups of 120 images")
+
+
 def test_normalizations():
     z = np.array([[3.0, 4.0], [1.0, 0.0]])
     assert np.allclose(np.linalg.norm(normalize_embeddings(z, "l2"), axis=1), 1)
@@ -203,6 +245,15 @@ def test_cli_writes_summary_episodes_plot_and_learns_an_easy_set(tmp_path, easy_
             | summary["accuracy_ci_low"].isna()).all()
     record = json.loads((out / "fewshot.json").read_text())
     assert "std" in record["notes"] and "ci95" in record["notes"] and record["config"]["episodes"] == 6
+    # the episode interval says it describes this pool; the new-pool interval, over the groups, is there too
+    assert "95% CI, this pool" in printed and "95% CI, new pool" in printed
+    assert "new pool: percentile bootstrap" in printed
+    assert summary["ci_describes"].str.startswith("this pool").all()
+    assert (summary["new_pool_ci_method"].str.startswith("percentile bootstrap over")).all()
+    assert ((summary["accuracy_new_pool_ci_low"] <= summary["accuracy_mean"] + 1e-12)
+            & (summary["accuracy_mean"] <= summary["accuracy_new_pool_ci_high"] + 1e-12)).all()
+    assert record["intervals"]["new_pool_ci95"]["unit"] == "near-duplicate groups"
+    assert record["intervals"]["ci95"].startswith("this pool")
     assert (out / "fewshot.png").stat().st_size > 0
     # the same seed gives the same episodes and figures
     assert main(["--data", str(data), "--arch", "resnet18", "--weights", "none", "--img-size", "32", "--shots",

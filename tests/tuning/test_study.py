@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +29,7 @@ from smallct.tuning.space import INGREDIENTS, default_space, parse_search_option
 from smallct.tuning.storage import default_storage, make_storage
 from smallct.tuning.study import run_study
 from smallct.config.run import CVConfig, DataConfig, TrainConfig
+from smallct.datasets.folder import data_fingerprint, load_dataset
 from smallct.datasets.phantom import write_phantom_png_set
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,7 +167,7 @@ def test_storage_holds_the_trials_with_their_settings_and_fold_figures(study_dir
         assert (study_dir / name).is_file(), name
 
 
-def test_best_params_round_trip_into_cv(study_dir, tiny_set, tmp_path):
+def test_best_params_round_trip_into_cv(study_dir, tiny_set, tmp_path, capsys):
     best = json.loads((study_dir / "best_params.json").read_text())
     study = _load(study_dir)
     assert best["lr"] == study.best_params["lr"] and best["_value"] == study.best_value
@@ -178,6 +181,13 @@ def test_best_params_round_trip_into_cv(study_dir, tiny_set, tmp_path):
     assert run["train"]["optimizer"] == "sgd" and run["data"]["img_size"] == 32
     results = json.loads((out / "results.json").read_text())
     assert "same data and folds" in results["settings_source"]
+    # the study chose on these very images: selection says so (smallct 0.3: "nothing ... is chosen on a test
+    # fold"), and so does one console line pointing to smallct.nested
+    assert best["_chosen_on"] == data_fingerprint(load_dataset(tiny_set))
+    assert results["selection"].startswith("the --params settings were chosen or compared on these same 24 images")
+    assert "optimistic" in results["selection"] and "nothing (epoch, threshold, setting)" not in results["selection"]
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: the --params")]
+    assert len(notes) == 1 and "these same 24 images" in notes[0] and "python -m smallct.nested" in notes[0]
     # the same settings on the same folds give the best trial's figure again
     assert results["mean_std_over_folds"]["roc_auc"]["mean"] == pytest.approx(study.best_value, abs=1e-6)
 
@@ -244,6 +254,105 @@ def test_two_worker_processes_share_one_storage(tiny_set, tmp_path):
         assert numbers and all(f"(worker {i})" in study.trials[n].user_attrs["worker"] for n in numbers)
 
 
+def test_two_workers_started_together_stop_at_the_target(tiny_set, tmp_path):
+    # 0.3.0: each worker stopped once it saw --trials finished, while the other's trial still ran (one too many),
+    # and worker 0 told them to give each worker its own --worker index though they had 0 and 1. Mutants caught:
+    # the hint printed whenever another trial runs; running trials left out of the count (only when the two
+    # processes overlap in time: the deterministic counts are test_a_live_workers_running_trial_counts_...).
+    journal = tmp_path / "study.journal"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-m", "smallct.tune", *_flags(tiny_set, tmp_path / f"w{i}"),
+                               "--storage", f"journal:{journal}", "--worker", str(i), "--trials", "2",
+                               "--pruner", "none", "--no-report", "--search", "batch_size=8"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    trials = optuna.load_study(study_name="smallct", storage=make_storage(f"journal:{journal}")).trials
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2, logs
+    # a trial asked for in the instant both workers ended one is failed at once, as not needed
+    assert all(t.user_attrs["fail_reason"].startswith("not needed") for t in trials if t.state == TrialState.FAIL)
+    assert not any("--worker index" in log for log in logs), logs
+
+
+def _journal_cfg(data: Path, out: Path, journal: str, trials: int = 1) -> TuneConfig:
+    return TuneConfig(base=_base(data, out), space=parse_space(SPACE), trials=trials, pruner="none", storage=journal,
+                      report=False)
+
+
+def test_a_live_workers_running_trial_counts_and_a_dead_ones_does_not(tiny_set, tmp_path, capsys):
+    # 0.3.0 left running trials out of the count (a second worker ran one trial too many); the first cut of the
+    # fix counted them for ever, a dead worker's too when on another machine. Here, deterministically: another
+    # live process runs trial 0 -> --trials 1 runs nothing; once it is gone its trial no longer counts and is
+    # named. Mutants caught: running trials not counted (a trial runs at once); a gone process's trial counted.
+    journal = f"journal:{tmp_path / 'study.journal'}"
+    study = optuna.create_study(study_name="smallct", storage=make_storage(journal), direction="maximize")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        study.ask().set_user_attr("worker", f"{socket.gethostname()}/{sleeper.pid} (worker 1)")
+        run_study(_journal_cfg(tiny_set, tmp_path / "w0", journal), progress=False)
+        assert [t.state for t in study.trials] == [TrialState.RUNNING]  # nothing new: the live worker's trial counts
+        assert "1 trials so far, 0 to run" in capsys.readouterr().out
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    run_study(_journal_cfg(tiny_set, tmp_path / "w0", journal), progress=False)
+    assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.COMPLETE]
+    out = capsys.readouterr().out
+    assert ("note: running trials that no longer count toward --trials: trial 0 (its process on this machine is "
+            "gone)\n") in out and "1 to run" in out
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")  # its ask()
+def test_a_trial_whose_heartbeat_stopped_is_failed_before_the_count(tiny_set, tmp_path, capsys):
+    # The reviewer's case: a database storage, --trials N, N - 1 finished and one trial of a killed worker on
+    # another machine: Optuna fails stale trials only inside optimize, which a rerun with "0 to run" never entered,
+    # so the study stayed at N - 1 for ever. Mutant caught: no fail_stale_trials before the count.
+    out = tmp_path / "out"
+    out.mkdir()
+    storage = make_storage(default_storage(out))
+    study = optuna.create_study(study_name="smallct", storage=storage, direction="maximize")
+    trial = study.ask()
+    trial.set_user_attr("worker", "elsewhere/12 (worker 1)")  # only its heartbeat can tell whether it lives
+    storage.record_heartbeat(trial._trial_id)
+    with sqlite3.connect(out / "optuna.db") as db:  # its last heartbeat, an hour ago
+        db.execute("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-1 hour')")
+    cfg = TuneConfig(base=_base(tiny_set, out), space=parse_space(SPACE), trials=1, pruner="none", report=False)
+    run_study(cfg, progress=False)
+    states = [t.state for t in _load(out).trials]
+    assert states[0] == TrialState.FAIL and states.count(TrialState.COMPLETE) == 1, states
+    assert ("note: running trials that no longer count toward --trials: trial 0 (no heartbeat for over 180 s: "
+            "marked failed)") in capsys.readouterr().out
+
+
+def test_a_trial_that_another_worker_made_unneeded_prints_nothing(tiny_set, tmp_path, capfd):
+    # Between this worker's count and its first trial another worker asks for the last trial: this one's trial
+    # fails at once as not needed, without a "trial 1 fail" line, a step of the bar or Optuna's warning with its
+    # traceback. Mutants caught: the line or the bar step left in; Optuna's warnings not filtered.
+    journal = f"journal:{tmp_path / 'study.journal'}"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+
+    def log(*args, **kwargs):
+        print(*args, **kwargs)
+        if str(args[0]).startswith("smallct.tune: study"):  # counted, not yet optimizing: the other worker asks
+            other = optuna.load_study(study_name="smallct", storage=make_storage(journal)).ask()
+            other.set_user_attr("worker", f"{socket.gethostname()}/{sleeper.pid} (worker 1)")
+
+    try:
+        study = run_study(_journal_cfg(tiny_set, tmp_path / "w0", journal), progress=True, log=log)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.FAIL]
+    assert study.trials[1].user_attrs["fail_reason"].startswith("not needed: --trials 1")
+    captured = capfd.readouterr()
+    assert "0 trials so far, 1 to run" in captured.out and "trial 1 fail" not in captured.out
+    assert "Trial 1 failed" not in captured.err and "NotNeeded" not in captured.err, captured.err
+    both = captured.out + captured.err  # the bar's stream, and stdout where a trial line redraws it
+    bar = [line for line in both.splitlines() if line.startswith("study smallct")]
+    assert bar and "0/1" in bar[-1] and "1/1" not in both, both
+
+
 def test_a_library_study_without_a_parsed_space_uses_typed_defaults(tiny_set, tmp_path):
     # run_study(space=None) takes the default space; a raw space (YAML reads 1e-3 as text) is typed like the flags
     for space in (None, {"lr": {"low": "1e-3", "high": "1e-2", "log": True}, "batch_size": "8"}):
@@ -263,3 +372,14 @@ def test_the_objectives_are_the_choices_of_the_metric_flag():
     from smallct.tuning.study import OBJECTIVES
 
     assert tuple(OBJECTIVES) == typing.get_args(Objective)
+
+
+def test_best_params_name_a_weights_yaml_from_any_folder(tmp_path, monkeypatch):
+    # best_params.json is read from the study folder, where `weights: lab.yaml` (named from the working folder)
+    # would be looked for (mutant: cv_settings recording the weights as given)
+    from smallct.config.run import CVConfig
+    from smallct.tuning.space import cv_settings
+
+    monkeypatch.chdir(tmp_path)
+    assert cv_settings(build(CVConfig, {"weights": "lab.yaml"}))["weights"] == str(tmp_path / "lab.yaml")
+    assert cv_settings(build(CVConfig, {"weights": "imagenet"}))["weights"] == "imagenet"

@@ -30,7 +30,7 @@ class Audit(Command):
         parser.add_argument("--run", type=Path, help="take the folds of this smallct.cv run folder instead (exactly "
                                                      "its folds)")
         parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals "
-                                                                     "(default 1000)")
+                                                                     "(at least 100; default 1000)")
         parser.add_argument("--out", type=Path, default=Path("runs/audit"), help="output folder (default runs/audit)")
 
     def run(self, args: argparse.Namespace) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
 from smallct.cli.flags import add_cv_settings, add_params, build_config
 from smallct.cli.runner import Command, command_parser
@@ -12,8 +11,7 @@ from smallct.config.run import CVConfig
 
 def config_from_args(args: argparse.Namespace) -> CVConfig:
     """The run's settings: the defaults, then ``--params`` (a settings file or recipe), then the flags given."""
-    cfg, source = build_config(CVConfig, args, getattr(args, "params", None))
-    return replace(cfg, params_source=source) if source else cfg
+    return build_config(CVConfig, args, getattr(args, "params", None))[0]
 
 
 def config_from_argv(argv: list[str]) -> CVConfig:
@@ -37,8 +35,16 @@ class CV(Command):
         run_cv(config_from_args(args), progress=not args.no_progress)
 
     def kept(self, args: argparse.Namespace) -> str:
-        out = getattr(args, "out", CVConfig().out)
-        return f"finished folds are kept in {out}; run the same command again to resume"
+        return folds_kept(getattr(args, "out", CVConfig().out), "folds")
+
+
+def folds_kept(out, what: str) -> str:
+    """What an interrupted run in ``out`` keeps: its finished ``what`` (folds), or nothing when none had finished."""
+    from smallct.engine.run_folder import RunFolder  # loaded on use: --help stays torch-free
+
+    if RunFolder(out).has_finished_folds():
+        return f"finished {what} are kept in {out}; run the same command again to resume"
+    return f"no fold had finished, so nothing is kept in {out}; run the same command again to start over"
 
 
 COMMAND = CV()

@@ -24,8 +24,9 @@ class Export(Command):
         parser.add_argument("--fold", action="append", metavar="NAME",
                             help="export only this fold model, e.g. r0_f0 (repeatable; default: every fold model, "
                                  "averaged)")
-        parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
-                            help="build the left-right mirror average into the graph (default off)")
+        parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                            help="build the left-right mirror average into the graph (default: as the run evaluated "
+                                 "its test folds, run.json's tta, so that the graph gives oof.csv's probabilities)")
         parser.add_argument("--opset", type=int, default=18, help="ONNX opset version, 18 or newer (default 18)")
 
     def run(self, args: argparse.Namespace) -> None:

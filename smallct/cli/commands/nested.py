@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from smallct.cli.flags import add_cv_settings, add_settings, comma_list, given
+from smallct.cli.commands.cv import folds_kept
+from smallct.cli.flags import add_cv_settings, add_settings, build_config, comma_list, given
 from smallct.cli.runner import Command, command_parser
 from smallct.config.run import CVConfig
-from smallct.config.schema import build, read_settings, resolve_params_path
+from smallct.config.schema import build, resolve_params_path
 from smallct.config.studies import NestedConfig
 
 NESTED_ONLY = ["inner_folds", "select", "threshold", "refit", "out"]
@@ -22,14 +23,12 @@ def config_from_args(args: argparse.Namespace) -> NestedConfig:
         raise ValueError("--params: give the settings files as --candidates")
     if not args.candidate_specs:
         raise ValueError("--candidates: no settings file or recipe name given")
-    flags = {k: v for k, v in given(args, CVConfig).items() if k != "out"}
     candidates = {}
     for spec in args.candidate_specs:
         name = resolve_params_path(spec).stem
         if name in candidates:
             raise ValueError(f"--candidates: two candidates are named {name}; rename one file")
-        values, source = read_settings(spec, CVConfig)
-        candidates[name] = replace(build(CVConfig, {**values, **flags}), params_source=source)
+        candidates[name] = build_config(CVConfig, args, spec, where="settings", skip=["out"])[0]
     return replace(build(NestedConfig, given(args, NestedConfig)), candidates=candidates)
 
 
@@ -62,8 +61,7 @@ class Nested(Command):
         run_nested(config_from_args(args), progress=not args.no_progress)
 
     def kept(self, args: argparse.Namespace) -> str:
-        out = getattr(args, "out", NestedConfig().out)
-        return f"finished inner runs and outer folds are kept in {out}; run the same command again to resume"
+        return folds_kept(getattr(args, "out", NestedConfig().out), "inner runs and outer folds")
 
 
 COMMAND = Nested()

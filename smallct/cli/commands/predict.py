@@ -34,8 +34,9 @@ class Predict(Command):
                             help="image or DICOM files, or folders (searched recursively)")
         parser.add_argument("--out", type=Path, default=Path("predictions.csv"),
                             help="CSV with one row per image (default predictions.csv)")
-        parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
-                            help="also average each model over the left-right mirror of every image (default off)")
+        parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                            help="also average each model over the left-right mirror of every image (default: as "
+                                 "each run evaluated its test folds, run.json's tta, so that oof.csv is reproduced)")
         parser.add_argument("--fold", action="append", metavar="NAME",
                             help="use only this fold model, e.g. r0_f1 (repeatable; default every fold model)")
         parser.add_argument("--submission", type=Path, metavar="CSV",

@@ -22,8 +22,8 @@ def config_from_args(args: argparse.Namespace) -> TuneConfig:
     from smallct.tuning import space as spaces  # loads optuna: on use only, so --help stays fast
     from smallct.tuning.storage import storage_kind  # (optuna)
 
-    cfg, source = build_config(TuneConfig, args, getattr(args, "params", None))
-    base = replace(cfg.base, params_source=source) if source else cfg.base
+    cfg = build_config(TuneConfig, args, getattr(args, "params", None))[0]  # records the file's source, _chosen_on
+    base = cfg.base
     fixed = set(given(args, CVConfig))
     space = spaces.parse_space(spaces.default_space(base.train.epochs))
     asked = spaces.load_space_file(Path(args.space)) if args.space else {}
