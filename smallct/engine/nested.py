@@ -106,7 +106,8 @@ def _inner_config(cfg: NestedConfig, name: str, r: int, k: int) -> CVConfig:
 def _record(cfg: NestedConfig) -> dict:
     return {"candidates": {n: to_dict(c) for n, c in cfg.candidates.items()}, "inner_folds": cfg.inner_folds,
             "select": cfg.select, "threshold": "inner" if cfg.threshold == "inner" else "fixed 0.5",
-            "outer_model": "refit on the outer training part" if cfg.refit else "mean of the inner fold models"}
+            "outer_model": "refit on the outer training part" if cfg.refit else "mean of the inner fold models",
+            "inner_groups": "the outer folds' groups"}  # smallct <= 0.3 regrouped each outer training part
 
 
 def _nested_differences(folder: RunFolder, record: dict) -> list[str]:
@@ -122,6 +123,8 @@ def _nested_differences(folder: RunFolder, record: dict) -> list[str]:
     def settings(r: dict) -> dict:
         return {n: {k: c.get(k) for k in SETTINGS_THAT_CHANGE_RESULTS} for n, c in r["candidates"].items()}
     changed = [f"nested {k}" for k in ("inner_folds", "select", "threshold", "outer_model") if old.get(k) != record[k]]
+    if old.get("inner_groups") != record["inner_groups"]:  # its inner runs' folds would differ half-way through
+        changed.append("inner folds (the run there regrouped each outer training part: smallct <= 0.3)")
     if list(old["candidates"]) != list(record["candidates"]):
         changed.insert(0, f"candidates ({', '.join(old['candidates'])} there)")
     elif settings(old) != settings(record):

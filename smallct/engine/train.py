@@ -238,6 +238,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, me
         start = time.perf_counter()
         model.train()  # then the freeze: a frozen backbone's BatchNorm layers stay in eval mode
         set_backbone_trainable(model, not backbone_frozen(cfg, epoch))
+        if slow is False and epoch > 0 and backbone_frozen(cfg, epoch - 1) and not backbone_frozen(cfg, epoch):
+            slow, timed = None, 0  # head-only steps were timed: a step of the whole network decides again
         order = torch.randperm(n, generator=generator, device=device)
         # sums stay on the device: no host-device synchronisation inside the epoch
         total_loss = torch.zeros((), device=device)

@@ -76,6 +76,14 @@ def test_nested_chooses_on_training_parts_only_and_writes_a_cv_run_folder(phanto
         run_nested(replace(cfg, candidates={"fast": cfg.candidates["fast"]}), progress=False, log=lambda *_: None)
     with pytest.raises(ValueError, match="holds a smallct.nested run"):
         run_cv(replace(cfg.candidates["fast"], folds=2, out=out), progress=False, log=lambda *_: None)
+    # a run of smallct <= 0.3, whose inner folds regrouped each training part, is refused up front, not half-way
+    # through when an inner run's folds differ (mutant caught: inner_groups left out of the resume comparison)
+    for name in ("nested.json", "run.json"):
+        record = json.loads((out / name).read_text())
+        (record["nested"] if name == "run.json" else record).pop("inner_groups")
+        (out / name).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"other settings \(inner folds \(the run there regrouped"):
+        run_nested(cfg, progress=False, log=lambda *_: None)
 
 
 def test_a_plain_cv_folder_is_not_taken_for_a_nested_one(phantom_dir, tmp_path):

@@ -227,6 +227,19 @@ def test_an_epoch_is_slow_when_its_steps_together_take_longer_than_the_threshold
     assert slow_epoch(1.0, 31) and not slow_epoch(1.0, 29)  # the default threshold: 30 s
 
 
+@pytest.mark.parametrize("freeze_epochs, decisions", [(0, 1), (1, 2)])
+def test_the_first_step_of_the_whole_network_decides_again_after_head_only_epochs(freeze_epochs, decisions,
+                                                                                   monkeypatch):
+    # a head-only step is far quicker than a step of the whole network: timed alone, it would hide the bar of
+    # every slow epoch after the freeze (mutant caught: one decision for the whole fit)
+    timed = []
+    monkeypatch.setattr(train, "slow_epoch", lambda seconds, steps, threshold=None: timed.append(seconds) or False)
+    model, x, y = _tiny(n=12)
+    fit(model, x, y, TrainConfig(epochs=3, batch_size=4, freeze_epochs=freeze_epochs, augment="none"), MEAN, STD,
+        desc="fold 1/2")
+    assert len(timed) == decisions
+
+
 @pytest.mark.parametrize("threshold", [0.0, 1e9])
 def test_a_slow_epoch_shows_a_bar_of_its_batches_under_the_bar_of_epochs(threshold, monkeypatch, capsys):
     # the threshold injected: 0 s makes every epoch slow, 1e9 s none; a mutant that never (or always) shows the
