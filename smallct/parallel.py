@@ -9,7 +9,9 @@ keeps the order of the jobs, and shows one tqdm bar.
 from __future__ import annotations
 
 import os
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from smallct.progress import tqdm
@@ -18,6 +20,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 MIN_PARALLEL = 16  # fewer jobs than this run in this process: a process pool costs more than it saves
+IN_FLIGHT = 4  # chunks submitted per worker at most: jobs and results held do not grow with the number of jobs
 
 
 def available_cores() -> int:
@@ -43,8 +46,8 @@ def parallel_map(fn: Callable[[T], R], jobs: Sequence[T], workers: int = 0, prog
     """``fn`` over ``jobs`` in order, in ``workers`` processes (0: every core; 1: this process).
 
     ``fn`` must be a top-level function (it is pickled). Chunks of about ``len(jobs) / (workers x
-    chunk_divisor)`` jobs (at most ``max_chunk``) go to a process at a time. Results are yielded as they
-    come, in the order of ``jobs``.
+    chunk_divisor)`` jobs (at most ``max_chunk``) go to a process at a time, and at most :data:`IN_FLIGHT`
+    chunks per worker are submitted and not yet yielded. Results are yielded as they come, in the order of ``jobs``.
     """
     n = workers_for(workers, len(jobs))
     bar = tqdm(total=len(jobs), desc=desc, unit=unit, disable=not progress, leave=leave, smoothing=0.1)
@@ -56,9 +59,22 @@ def parallel_map(fn: Callable[[T], R], jobs: Sequence[T], workers: int = 0, prog
             return
         chunk = max(1, len(jobs) // (n * chunk_divisor))
         chunk = min(chunk, max_chunk) if max_chunk else chunk
+        starts = iter(range(0, len(jobs), chunk))
         with ProcessPoolExecutor(n) as pool:
-            for result in pool.map(fn, jobs, chunksize=chunk):
-                yield result
-                bar.update()
+            running: deque = deque()
+            for start in islice(starts, IN_FLIGHT * n):
+                running.append(pool.submit(_run_chunk, fn, jobs[start:start + chunk]))
+            while running:
+                results = running.popleft().result()
+                for start in islice(starts, 1):  # one chunk out, the next one in
+                    running.append(pool.submit(_run_chunk, fn, jobs[start:start + chunk]))
+                for result in results:
+                    yield result
+                    bar.update()
     finally:
         bar.close()
+
+
+def _run_chunk(fn: Callable[[T], R], jobs: Sequence[T]) -> list[R]:
+    """``fn`` over a chunk of jobs, in a worker process."""
+    return [fn(job) for job in jobs]

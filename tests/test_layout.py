@@ -37,6 +37,8 @@ def test_each_concept_has_one_owner():
     assert _where(r"os\.replace\(") == {"smallct.io.files"}  # atomic writes
     assert _where(r"ProcessPoolExecutor") == {"smallct.parallel"}  # parallel maps
     assert _where(r"sched_getaffinity|os\.cpu_count") == {"smallct.parallel"}  # the core count
+    assert _where(r"\bor [\w.\[\]]*input_size\b") == {"smallct.models.weights"}  # --img-size or the weights' size
+    assert _where(r"assignment\[\w+\] != ") == {"smallct.data.folds"}  # a fold's training indices
 
 
 def test_modules_are_small():

@@ -16,5 +16,5 @@ __all__, __getattr__, __dir__ = exports(__name__, {
     "smallct.data.folds": ["Folds", "check_fold_classes", "fold_assignment", "make_folds"],
     "smallct.data.seeds": ["FOLDS_SCHEME", "episode_seed", "fit_seed", "fold_draw_seed", "subset_seed"],
     "smallct.data.similar": ["Grouping", "combine_groups", "near_duplicate_groups", "plausible_cut", "similar_groups",
-        "similarity"],
+        "similar_pairs", "similarity", "thumbnails"],
 }, fallback=_legacy.forward(__name__))  # smallct 0.1's smallct.data (the Head CT manifest): verify, build_manifest

@@ -72,7 +72,11 @@ class Folds:
     def split(self, repeat: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """``(fold, train indices, test indices)`` of every fold of ``repeat``."""
         for k in range(self.folds):
-            yield k, np.flatnonzero(self.assignment[repeat] != k), np.flatnonzero(self.assignment[repeat] == k)
+            yield k, *self.train_test(repeat, k)
+
+    def train_test(self, repeat: int, fold: int) -> tuple[np.ndarray, np.ndarray]:
+        """The training and test indices of one fold, each in increasing order (the one place they are built)."""
+        return np.flatnonzero(self.assignment[repeat] != fold), np.flatnonzero(self.assignment[repeat] == fold)
 
     def similar_record(self, ids: list[str]) -> dict:
         """What ``run.json`` records of the near-duplicates: the thresholds, the pairs by image id, what was done."""

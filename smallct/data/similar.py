@@ -5,7 +5,8 @@ The Kaggle Head CT set is described as one slice per person, but it is not: some
 of consecutive ids are neighbouring slices of one patient (``168.png``..``172.png``). With such pairs
 split across folds a model is tested on images it was trained on, and cross-validated accuracy is
 inflated. :func:`similar_groups` links every pair whose grey thumbnails correlate above a threshold
-(union-find, so chains form one group); :func:`smallct.data.folds.make_folds` passes the groups to a
+(union-find, so chains form one group), comparing the thumbnails block by block (:func:`similar_pairs`: memory
+flat in N, time quadratic); :func:`smallct.data.folds.make_folds` passes the groups to a
 grouped stratified splitter. Grouping unrelated but similar images is the safe error: it only makes folds a little less
 balanced, never leaks.
 
@@ -37,14 +38,66 @@ PLAUSIBLE_MIN = 3  # ... nor is it at any size up to this (two or three copies o
 STRICTEST_CUT = 0.97  # links this close are the same slice: when they alone chain a large set, stop and ask
 
 
+BLOCK = 1024  # thumbnails compared (and made) this many at a time: memory O(N x thumbnail + BLOCK x thumbnail)
+SCREEN_MARGIN = 1e-3  # the float32 screen keeps pairs this far below the threshold; each is then checked in float64
+#                       (over 4x the worst-case float32 rounding of a 4096-term correlation, 4096 x 6e-8)
+THUMB_BLOCK = 256  # images shrunk to thumbnails at a time (a float copy of 256 decoded 128 px images: 50 MB)
+
+
+def thumbnails(images: torch.Tensor, size: int = THUMBNAIL, block: int = THUMB_BLOCK) -> torch.Tensor:
+    """Grey thumbnails (N, size * size), float32, of uint8 images (N, 3, H, W), made ``block`` images at a time."""
+    out = torch.empty((len(images), size * size), dtype=torch.float32)
+    for start in range(0, len(images), block):
+        x = images[start:start + block].float().mean(1, keepdim=True)
+        if x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[start:start + block] = x.flatten(1)
+    return out
+
+
+def _standardised(x: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` centred and scaled to unit (sample) standard deviation, in float64."""
+    x = x.to(torch.float64, copy=True)  # the caller's rows are left as they are
+    std = x.std(1, keepdim=True).clamp_min(1e-6)
+    return x.sub_(x.mean(1, keepdim=True)).div_(std)
+
+
 def similarity(images: torch.Tensor, size: int = THUMBNAIL) -> np.ndarray:
-    """Pearson correlation (N, N) between grey thumbnails of uint8 images (N, 3, H, W)."""
-    x = images.float().mean(1, keepdim=True)
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    x = x.flatten(1).double()
-    x = (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True).clamp_min(1e-6)
+    """Pearson correlation (N, N) between grey thumbnails of uint8 images (N, 3, H, W): small sets only
+    (N x N float64); :func:`similar_pairs` finds the pairs above a threshold in memory flat in N."""
+    x = _standardised(thumbnails(images, size))
     return ((x @ x.T) / (x.shape[1] - 1)).numpy()
+
+
+def similar_pairs(images: torch.Tensor, threshold: float = DEFAULT_THRESHOLD, block: int = BLOCK
+                  ) -> list[tuple[int, int, float]]:
+    """Pairs ``(i, j, correlation)``, i < j, whose thumbnails correlate at ``threshold`` or more, closest first.
+
+    The thumbnails are compared ``block`` x ``block`` at a time in float32 (quadratic in time, never an N x N
+    matrix); the pairs within :data:`SCREEN_MARGIN` of the threshold or above are then computed in float64,
+    as :func:`similarity` does, so the pairs and their correlations are those of the full matrix.
+    """
+    thumbs = thumbnails(images, block=min(block, THUMB_BLOCK))
+    n, scale = len(thumbs), thumbs.shape[1] - 1
+    screen = threshold - SCREEN_MARGIN
+    found_i, found_j = [], []
+    for r0 in range(0, n, block):
+        rows = _standardised(thumbs[r0:r0 + block]).float()
+        for c0 in range(r0, n, block):
+            cols = rows if c0 == r0 else _standardised(thumbs[c0:c0 + block]).float()
+            near = (rows @ cols.T) / scale >= screen
+            if c0 == r0:
+                near = torch.triu(near, 1)  # each pair once, never an image with itself
+            if near.any():
+                ii, jj = torch.nonzero(near, as_tuple=True)
+                found_i.append(ii + r0)
+                found_j.append(jj + c0)
+    ii, jj = (torch.cat(found_i), torch.cat(found_j)) if found_i else (torch.empty(0, dtype=torch.long),) * 2
+    corr = torch.cat([(_standardised(thumbs[ii[k:k + block]]) * _standardised(thumbs[jj[k:k + block]])).sum(1)
+                      for k in range(0, len(ii), block)] or [torch.empty(0, dtype=torch.float64)]) / scale
+    keep = corr >= threshold
+    pairs = [(int(i), int(j), float(c)) for i, j, c in zip(ii[keep], jj[keep], corr[keep])]
+    return sorted(pairs, key=lambda p: (-p[2], p[0], p[1]))
 
 
 def _components(n: int, edges) -> np.ndarray:
@@ -65,10 +118,8 @@ def _components(n: int, edges) -> np.ndarray:
 def similar_groups(images: torch.Tensor, threshold: float = DEFAULT_THRESHOLD
                    ) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
     """Group ids (N,) linking images whose thumbnails correlate at ``threshold`` or more, and the pairs found."""
-    corr = similarity(images)
-    ii, jj = np.nonzero(np.triu(corr, 1) >= threshold)
-    pairs = sorted(((int(i), int(j), float(corr[i, j])) for i, j in zip(ii, jj)), key=lambda p: -p[2])
-    return _components(len(corr), [(i, j) for i, j, _ in pairs]), pairs
+    pairs = similar_pairs(images, threshold)
+    return _components(len(images), [(i, j) for i, j, _ in pairs]), pairs
 
 
 def combine_groups(a: np.ndarray | None, b: np.ndarray) -> np.ndarray:

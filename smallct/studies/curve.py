@@ -108,14 +108,14 @@ def check_config(cfg: CurveConfig) -> None:
                          f"{NORMALIZATIONS}")
 
 
-def draw_splits(cfg: CurveConfig, labels: np.ndarray, assignment: np.ndarray) -> list[tuple]:
+def draw_splits(cfg: CurveConfig, labels: np.ndarray, folds: Folds) -> list[tuple]:
     """``(n, repeat, fold, training subset, test fold)`` for every size, repeat and fold: the same draws for every
     weight source and method (a paired comparison)."""
     splits = []
     for n in cfg.sizes:
         for r in range(cfg.repeats):
             for k in range(cfg.folds):
-                train, test = np.flatnonzero(assignment[r] != k), np.flatnonzero(assignment[r] == k)
+                train, test = folds.train_test(r, k)
                 sub = draw_training_subset(train, labels, n, seed=subset_seed(cfg.seed, n, r, k))
                 splits.append((n, r, k, sub, test))
     return splits
@@ -133,7 +133,7 @@ def probe_fits(cfg: CurveConfig, dataset: Dataset, weights: str, source: WeightS
                device: torch.device, progress: bool = True, log=print) -> list[dict]:
     """A linear probe on frozen embeddings for every split."""
     labels, n_classes = np.asarray(dataset.labels), len(dataset.class_names)
-    img_size = cfg.data.img_size or source.input_size
+    img_size = source.image_size(cfg.data.img_size)
     z = load_embeddings(dataset.files, cfg.arch, weights, img_size, cfg.data.resize, cfg.data.crop, pool=cfg.pool,
                         flip=cfg.flip, seed=cfg.seed, device=device, progress=progress, log=log,
                         offline=cfg.offline)
@@ -147,7 +147,7 @@ def finetune_fits(cfg: CurveConfig, dataset: Dataset, weights: str, source: Weig
                   device: torch.device, progress: bool = True, log=print) -> list[dict]:
     """The whole network fine-tuned for every split; the duration is said first."""
     labels, n_classes = np.asarray(dataset.labels), len(dataset.class_names)
-    ft_size = cfg.finetune_img_size or cfg.data.img_size or source.input_size
+    ft_size = cfg.finetune_img_size or source.image_size(cfg.data.img_size)
     images = load_images(dataset.files, ft_size, cfg.data.resize, cfg.data.crop, progress=progress)
     per_image = seconds_per_image(cfg.arch, source, images, labels, n_classes, cfg.finetune, device)
     seconds = sum(finetune_fit_seconds(per_image, cfg.finetune, len(sub), len(test)) for _, _, _, sub, test in splits)
@@ -210,7 +210,7 @@ def run_curve(cfg: CurveConfig, dataset: Dataset | None = None, progress: bool =
     out.mkdir(parents=True, exist_ok=True)
     log(f"smallct.curve: {cfg.arch}, weights {','.join(cfg.weights)}, methods {','.join(cfg.methods)}, sizes "
         f"{','.join(map(str, cfg.sizes))}, {cfg.folds} folds x {cfg.repeats} repeats, {len(dataset)} images")
-    splits = draw_splits(cfg, labels, folds.assignment)
+    splits = draw_splits(cfg, labels, folds)
     rows = []
     for w, source in sources.items():
         if "probe" in cfg.methods:

@@ -275,7 +275,7 @@ def run_fewshot(cfg: FewShotConfig, dataset: Dataset | None = None, progress: bo
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    img_size = cfg.data.img_size or source.input_size
+    img_size = source.image_size(cfg.data.img_size)
     log(f"smallct.fewshot: {cfg.arch} ({source.description}), {len(dataset)} images, {len(dataset.class_names)} "
         f"classes, shots per class {','.join(map(str, cfg.shots))}, methods {','.join(cfg.methods)}")
     embedding = any(m in EMBEDDING_METHODS for m in cfg.methods)

@@ -109,7 +109,7 @@ def check_inputs(cfg: TuneConfig, dataset: Dataset, progress: bool = True, log=p
     source = resolve_weights(base.arch, base.weights, offline=base.offline)
     resolve_device(base.device)
     folds_of(base, dataset, progress, log)
-    load_images(dataset.files, base.data.img_size or source.input_size, base.data.resize, base.data.crop,
+    load_images(dataset.files, source.image_size(base.data.img_size), base.data.resize, base.data.crop,
                 workers=base.workers, progress=progress)
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from smallct.data.folds import fold_assignment
+from smallct.data.folds import Folds, fold_assignment
 
 
 def test_stratified_repeatable_and_reshuffled():
@@ -87,3 +87,16 @@ def test_too_few_groups_names_the_unit_the_folds_keep_whole(tmp_path):
         make_folds(patients, folds=10, group_similar=None, **quiet)
     with pytest.raises(ValueError, match=r"^--folds 10: only [1-6] patient groups of 24 images"):
         make_folds(patients, folds=10, **quiet)
+
+
+def test_train_test_are_the_folds_indices_in_increasing_order():
+    # cv, nested and curve take their indices from Folds.train_test; the rows (and so every figure) must stay in
+    # the order np.flatnonzero gave before (mutants: test and train swapped, unsorted or a fold's indices dropped)
+    labels = np.array([0, 1] * 15)
+    folds = Folds(fold_assignment(labels, 3, 2, 0))
+    for r in range(2):
+        for k, train, test in folds.split(r):
+            assert np.array_equal(test, np.flatnonzero(folds.assignment[r] == k))
+            assert np.array_equal(train, np.flatnonzero(folds.assignment[r] != k))
+            assert all(np.array_equal(a, b) for a, b in zip(folds.train_test(r, k), (train, test)))
+            assert np.all(np.diff(train) > 0) and np.all(np.diff(test) > 0) and len(train) + len(test) == 30

@@ -7,7 +7,7 @@ from PIL import Image
 
 from smallct.data.cache import load_images
 from smallct.data.similar import (combine_groups, DECODE_SIZE, near_duplicate_groups, plausible_cut, similar_groups,
-                                  similarity, STRICTEST_CUT)
+                                  SCREEN_MARGIN, similar_pairs, similarity, STRICTEST_CUT)
 from smallct.datasets.folder import load_dataset
 
 
@@ -21,6 +21,55 @@ def test_identical_and_shifted_copies_are_linked_distinct_images_are_not():
     assert groups[0] == groups[4] and groups[1] != groups[0]
     assert len(set(groups[[0, 1, 2, 3]])) == 4
     assert (0, 4) in [(i, j) for i, j, _ in pairs]
+
+
+def _dense_pairs(images, threshold):
+    """The pairs as 0.3.0 found them: the full N x N matrix, its upper triangle, closest first."""
+    corr = similarity(images)
+    ii, jj = np.nonzero(np.triu(corr, 1) >= threshold)
+    return sorted(((int(i), int(j), float(corr[i, j])) for i, j in zip(ii, jj)), key=lambda p: (-p[2], p[0], p[1]))
+
+
+def test_pairs_found_block_by_block_equal_the_full_matrix(monkeypatch):
+    # 37 images in blocks of 8: four full blocks and a ragged last one of 5. Noisy copies are planted within a block,
+    # across a block boundary, from the first block into the last, and inside the last; their correlations spread
+    # around the threshold. Mutants caught: a missed last block or cross-block tile (pairs missing), the diagonal
+    # kept (an image paired with itself), float32 correlations kept (values off by ~1e-7), a pair screened in below the
+    # threshold kept, a dense product.
+    rng = np.random.default_rng(0)
+    smooth = lambda a: np.clip(a.repeat(4, -1).repeat(4, -2), 0, 255).astype(np.uint8)  # noqa: E731  (32 px)
+    raw = rng.normal(128, 50, (37, 3, 8, 8))
+    for (i, j), noise in zip([(2, 5), (7, 8), (0, 36), (33, 35), (12, 20), (20, 27), (14, 30)],
+                             [3, 6, 9, 12, 15, 18, 21]):
+        raw[j] = raw[i] + rng.normal(0, noise, raw[i].shape)
+    images = torch.from_numpy(smooth(raw))
+    products = []
+    matmul = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: products.append((a.shape, b.shape)) or matmul(a, b))
+    just_above = float(similarity(images)[14, 30]) + SCREEN_MARGIN / 2  # (14, 30) screened in, then left out
+    for threshold in (0.92, 0.8, just_above):
+        expected = _dense_pairs(images, threshold)
+        products.clear()
+        found = similar_pairs(images, threshold, block=8)
+        assert products and all(a[0] <= 8 and b[1] <= 8 for a, b in products)  # never N x N
+        assert [p[:2] for p in found] == [p[:2] for p in expected]
+        assert np.allclose([p[2] for p in found], [p[2] for p in expected], rtol=0, atol=1e-12)
+        default = similar_pairs(images, threshold)  # one block, the default size: the same pairs
+        assert [p[:2] for p in default] == [p[:2] for p in found]
+        assert np.allclose([p[2] for p in default], [p[2] for p in found], rtol=0, atol=1e-12)
+        if threshold == 0.8:
+            assert {(0, 36), (33, 35), (7, 8), (14, 30)} <= {p[:2] for p in found} and 4 <= len(expected) < 37
+    assert (14, 30) not in {p[:2] for p in found}
+
+
+def test_head_ct_pairs_are_those_of_the_expected_folds(head_ct_dir):
+    # the 49 pairs, with their rounded correlations, that tests/expected/cv_head_ct.folds.json records
+    import json
+    from pathlib import Path
+    expected = json.loads((Path(__file__).parents[1] / "expected" / "cv_head_ct.folds.json").read_text())
+    ds = load_dataset(head_ct_dir)
+    found = near_duplicate_groups(ds, log=lambda *a: None)
+    assert found.record(ds.ids) == expected["similar_images"] and len(found.pairs) == 49
 
 
 def test_combine_groups_joins_patients_and_similarity():

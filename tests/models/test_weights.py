@@ -10,7 +10,7 @@ import torch
 
 from smallct.data.transforms import normalize
 from smallct.models.factory import create_model
-from smallct.models.weights import map_in_order, PACKAGED, resolve_weights, WeightsUnavailable
+from smallct.models.weights import map_in_order, PACKAGED, resolve_weights, WeightSource, WeightsUnavailable
 
 HAS_PACKAGED = {arch: importlib.util.find_spec(p.module) is not None for arch, p in PACKAGED.items()}
 
@@ -130,6 +130,16 @@ def test_none_is_random_initialisation_asked_for():
     torch.manual_seed(1)
     c = create_model("resnet18", 2, source).state_dict()["conv1.weight"]
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_image_size_is_the_size_asked_else_the_weights_own():
+    # the one owner of "--img-size, or the weights' size" (cv, nested, tune, curve, few-shot, embeddings call it);
+    # mutants: the weights' size winning over --img-size, or a fixed default (224) instead of the weights' size
+    at_256 = WeightSource("resnet18", "url", "w.pth", (0.5,) * 3, (0.5,) * 3, 256, "weights trained at 256 px")
+    assert at_256.image_size(192) == 192 and at_256.image_size(None) == 256 and at_256.image_size() == 256
+    assert at_256.image_size(0) == 256  # as before: 0 (unset) falls back to the weights' size
+    none = resolve_weights("resnet18", "none")  # no weights: the architecture's own input size
+    assert none.image_size(None) == none.input_size == 224 and none.image_size(160) == 160
 
 
 def test_path_loads_a_state_dict_or_a_smallct_checkpoint(tmp_path):

@@ -12,7 +12,7 @@ from PIL import Image
 
 from smallct.config.studies import CurveConfig
 from smallct.curve import main
-from smallct.data.folds import fold_assignment
+from smallct.data.folds import Folds, fold_assignment
 from smallct.evaluation.intervals import Units, bootstrap_indices
 from smallct.evaluation.metrics import classification_metrics
 from smallct.studies.curve import check_sizes, draw_splits, draw_training_subset, summarize_curve
@@ -56,7 +56,7 @@ def _grouped_embeddings(seed: int = 0, n_groups: int = 40):
 def _probe_fits(z, labels, groups, repeats):
     cfg = CurveConfig(sizes=[30], repeats=repeats, folds=5, seed=0)
     fits = []
-    for n, r, k, sub, test in draw_splits(cfg, labels, fold_assignment(labels, 5, repeats, 0, groups)):
+    for n, r, k, sub, test in draw_splits(cfg, labels, Folds(fold_assignment(labels, 5, repeats, 0, groups))):
         P = linear_probe(z[sub], labels[sub], z[test], 2, C=0.1)
         fits.append({"weights": "imagenet", "method": "probe", "n": n, "repeat": r, "fold": k,
                      **episode_figures(labels[test], P), "_index": test, "_P": P})
