@@ -73,29 +73,27 @@ def phantom_dir(tmp_path_factory) -> Path:
     return write_phantom_png_set(tmp_path_factory.mktemp("phantom"), n=40, seed=0)
 
 
-@pytest.fixture(scope="session")
-def small_run(phantom_dir, tmp_path_factory, one_thread) -> Path:
-    """A finished smallct.cv run folder on ``phantom_dir``: resnet18 from random init, 32 px, 2 folds,
-    1 epoch, no TTA (applied by the tests of predict, explain and export)."""
-    out = tmp_path_factory.mktemp("small-run") / "run"
+def _finished_run(phantom_dir: Path, tmp_path_factory, name: str, tta: bool) -> Path:
+    """A smallct.cv run folder on ``phantom_dir``: resnet18 from random init, 32 px, 2 folds, 1 epoch."""
+    out = tmp_path_factory.mktemp(name) / "run"
     cfg = CVConfig(arch="resnet18", weights="none", folds=2, seed=0, device="cpu", out=out, workers=1,
-                   data=DataConfig(data=phantom_dir, img_size=32), train=TrainConfig(epochs=1, batch_size=8, tta=False))
+                   data=DataConfig(data=phantom_dir, img_size=32), train=TrainConfig(epochs=1, batch_size=8, tta=tta))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SMALLCT_CACHE", str(tmp_path_factory.getbasetemp() / "smallct-cache"))
         run_cv(cfg, progress=False, log=lambda *a: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def small_run(phantom_dir, tmp_path_factory, one_thread) -> Path:
+    """A finished run without TTA (applied by the tests of predict, explain and export)."""
+    return _finished_run(phantom_dir, tmp_path_factory, "small-run", tta=False)
 
 
 @pytest.fixture(scope="session")
 def small_tta_run(phantom_dir, tmp_path_factory, one_thread) -> Path:
     """:func:`small_run` evaluated with the left-right mirror, as smallct.cv does by default (``tta`` in run.json)."""
-    out = tmp_path_factory.mktemp("small-tta-run") / "run"
-    cfg = CVConfig(arch="resnet18", weights="none", folds=2, seed=0, device="cpu", out=out, workers=1,
-                   data=DataConfig(data=phantom_dir, img_size=32), train=TrainConfig(epochs=1, batch_size=8, tta=True))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SMALLCT_CACHE", str(tmp_path_factory.getbasetemp() / "smallct-cache"))
-        run_cv(cfg, progress=False, log=lambda *a: None)
-    return out
+    return _finished_run(phantom_dir, tmp_path_factory, "small-tta-run", tta=True)
 
 
 def write_easy_set(folder: Path, n: int = 40, seed: int = 0) -> Path:

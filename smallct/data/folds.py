@@ -56,10 +56,7 @@ class Folds:
     @property
     def units(self) -> Units:
         """What a bootstrap of these folds' figures resamples: the groups they keep whole (images when none)."""
-        n = self.assignment.shape[1]
-        if self.grouping.groups is None or self.grouping.unit == "images":
-            return Units(n)
-        return Units(n, self.grouping.groups, self.grouping.unit)
+        return self.grouping.units(self.assignment.shape[1])
 
     @property
     def repeats(self) -> int:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from smallct.config.run import GROUP_SIMILAR
 from smallct.data.cache import load_images
+from smallct.evaluation.intervals import Units
 
 DEFAULT_THRESHOLD = GROUP_SIMILAR  # Pearson correlation of 64 px grey thumbnails (after crop and pad)
 THUMBNAIL = 64
@@ -155,6 +156,12 @@ class Grouping:
         """What ``run.json`` records: the thresholds, the pairs by image id, what was done."""
         return {"threshold": self.threshold, "cut_above": self.cut_above, "unit": self.unit, "note": self.note,
                 "pairs": [[ids[i], ids[j], round(c, 4)] for i, j, c in self.pairs]}
+
+    def units(self, n_images: int) -> Units:
+        """What a bootstrap of figures over these ``n_images`` resamples: the groups kept whole (images when none)."""
+        if self.groups is None or self.unit == "images":
+            return Units(n_images)
+        return Units(n_images, self.groups, self.unit)
 
     def subset(self, index) -> "Grouping":
         """The grouping of the images ``index`` (in that order): their groups and pairs as found on the whole set,

@@ -228,11 +228,9 @@ def finetune_episodes(cfg: FewShotConfig, dataset: Dataset, draws: list, source:
     return rows
 
 
-def grouping_units(grouping: Grouping, n_images: int) -> Units:
-    """What the new-pool interval resamples: the groups episodes respect (as :attr:`smallct.data.folds.Folds.units`)."""
-    if grouping.groups is None or grouping.unit == "images":
-        return Units(n_images)
-    return Units(n_images, grouping.groups, grouping.unit)
+def episode_rows(rows: list[dict]) -> pd.DataFrame:
+    """``episodes.csv``: the episodes' rows without their query images and predictions (``_index``, ``_P``)."""
+    return pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
 
 
 def summarize_fewshot(rows: list[dict], labels: np.ndarray, units: Units, seed: int = 0,
@@ -243,7 +241,7 @@ def summarize_fewshot(rows: list[dict], labels: np.ndarray, units: Units, seed: 
     and the episodes resampled, each episode's figure over its resampled query images
     (:func:`smallct.studies.summary.summarize_resampled`)."""
     by = ["method", "shots"]
-    episodes = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
+    episodes = episode_rows(rows)
     summary = summarize_episodes(episodes, by)
     summary.insert(2, "transductive", summary["method"].isin(TRANSDUCTIVE))
     pools = summary[by].merge(summarize_resampled(rows, by, labels, units, per="row", n_boot=n_boot, seed=seed),
@@ -286,8 +284,8 @@ def run_fewshot(cfg: FewShotConfig, dataset: Dataset | None = None, progress: bo
         rows += embedding_episodes(cfg, dataset, draws, img_size, device, progress, log)
     if "finetune" in cfg.methods:
         rows += finetune_episodes(cfg, dataset, draws, source, img_size, device, progress, log)
-    episodes = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
-    units = grouping_units(grouping, len(dataset))
+    episodes = episode_rows(rows)
+    units = grouping.units(len(dataset))  # what the new-pool interval resamples: the groups episodes respect
     summary = summarize_fewshot(rows, dataset.labels, units, seed=cfg.seed)
     atomic_csv(out / "episodes.csv", episodes)
     atomic_csv(out / "episode_ids.csv", episode_table(draws, dataset.ids))
@@ -345,7 +343,7 @@ def fewshot_record(cfg: FewShotConfig, dataset: Dataset, source: WeightSource, i
         },
         "summary": summary.to_dict(orient="records"),
         "intervals": {"ci95": summary["ci_describes"].iloc[0],
-                      "new_pool_ci95": {**grouping_units(grouping, len(dataset)).record(),
+                      "new_pool_ci95": {**grouping.units(len(dataset)).record(),
                                         "method": summary["new_pool_ci_method"].iloc[0]}},
         "notes": {
             "episode": "support = k images per class drawn under the seed, from distinct groups (see grouping); "
