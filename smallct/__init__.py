@@ -11,7 +11,7 @@ are imported on first use, so ``import smallct`` (and ``smallct --help``) loads 
 from smallct import _legacy
 from smallct._lazy import exports
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 _names, __getattr__, __dir__ = exports(__name__, {
     "smallct.config": ["CVConfig", "DataConfig", "TrainConfig", "NestedConfig", "TuneConfig", "FewShotConfig",
@@ -27,7 +27,7 @@ _names, __getattr__, __dir__ = exports(__name__, {
     "smallct.models.weights": ["resolve_weights"],
     "smallct.engine.cv": ["run_cv"],
     "smallct.engine.nested": ["run_nested"],
-    "smallct.engine.run_folder": ["load_run", "load_fold_model"],
+    "smallct.engine.run_models": ["load_run", "load_fold_model"],
     "smallct.tuning.study": ["run_study"],
     "smallct.studies.fewshot": ["run_fewshot"],
     "smallct.studies.curve": ["run_curve"],

@@ -53,7 +53,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "smallct.metrics": ("smallct.evaluation.metrics", "smallct.evaluation.intervals"),
     "smallct.plots": ("smallct.evaluation.plots",),
     "smallct.train": ("smallct.engine.train",),
-    "smallct.run": ("smallct.engine.run_folder",),
+    "smallct.run": ("smallct.engine.run_folder", "smallct.engine.run_models"),
     "smallct.dicom": ("smallct.io.dicom", "smallct.io.windows"),
     "smallct.rsna": ("smallct.datasets.rsna", "smallct.evaluation.multilabel"),
     "smallct.phantom": ("smallct.datasets.phantom",),

@@ -15,6 +15,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "smallct"
 MODULES = sorted(p for p in PACKAGE.rglob("*.py"))
+# A fold's indices built from an assignment: a comparison of an assignment (indexed or not) with a fold, or
+# (flat)nonzero/where/argwhere of one. Folds.train_test is the one place (smallct.data.folds).
+FOLD_INDICES = r"\bassignment(\[[^\]\n]*\])?\s*[!=]=|\b(flatnonzero|nonzero|argwhere|where)\([^)\n]*assignment\b"
 
 
 def _name(path: Path) -> str:
@@ -38,7 +41,27 @@ def test_each_concept_has_one_owner():
     assert _where(r"ProcessPoolExecutor") == {"smallct.parallel"}  # parallel maps
     assert _where(r"sched_getaffinity|os\.cpu_count") == {"smallct.parallel"}  # the core count
     assert _where(r"\bor [\w.\[\]]*input_size\b") == {"smallct.models.weights"}  # --img-size or the weights' size
-    assert _where(r"assignment\[\w+\] != ") == {"smallct.data.folds"}  # a fold's training indices
+    assert _where(FOLD_INDICES) == {"smallct.data.folds"}  # a fold's training and test indices
+
+
+def test_the_rule_of_a_folds_indices_catches_each_way_of_building_them():
+    # 0.3.0's analysis.compare, analysis.ensemble and analysis.audit built them so (a rule matching "!=" alone,
+    # as before, missed all three); the run record's own "assignment" key is no fold's indices
+    built = ["idx = np.flatnonzero(ra.assignment[r] == k)", "test = np.flatnonzero(assignment[r] == k)",
+             "test, train = assignment == k, assignment != k", "np.where(self.assignment[repeat] != fold)[0]",
+             "np.nonzero(assignment[r] == k)"]
+    assert all(re.search(FOLD_INDICES, line) for line in built)
+    other = ['a = np.asarray(record["folds"]["assignment"])', "if old.assignment.shape != new.assignment.shape:",
+             "reassignment = 1", "np.flatnonzero(labels == c)"]
+    assert not any(re.search(FOLD_INDICES, line) for line in other)
+
+
+def test_the_run_folder_names_its_files_and_builds_no_model_or_dataset():
+    # fails on 0.3.0, whose run_folder.py (at the size cap) also rebuilt fold models and a run's images: that is
+    # smallct.engine.run_models' (a mutant moving load_fold_model or Run.dataset back fails here)
+    top, local = _imports(PACKAGE / "engine" / "run_folder.py")
+    used = top | {m for _, m in local}
+    assert not {m for m in used if m.startswith("smallct.models.registry") or m.endswith(".load_data")}, used
 
 
 def test_modules_are_small():

@@ -89,11 +89,10 @@ def _forest(seed: int) -> RandomForestClassifier:
 
 def cross_validated_probs(X: np.ndarray, y: np.ndarray, folds: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
     """(repeats, N, C) out-of-fold class probabilities of a random forest on ``X``."""
-    P = np.zeros((len(folds), len(y), n_classes))
-    for r, assignment in enumerate(folds):
-        for k in np.unique(assignment):
-            test, train = assignment == k, assignment != k
-            model = _forest(fit_seed(seed, r, int(k))).fit(X[train], y[train])
+    P, split = np.zeros((len(folds), len(y), n_classes)), Folds(np.asarray(folds))
+    for r in range(split.repeats):
+        for k, train, test in split.split(r):
+            model = _forest(fit_seed(seed, r, k)).fit(X[train], y[train])
             P[r][np.ix_(test, model.classes_)] = model.predict_proba(X[test])
     return P
 

@@ -28,7 +28,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from smallct.data.folds import scheme_note
+from smallct.data.folds import Folds, scheme_note
 from smallct.engine.run_folder import RunFolder
 from smallct.evaluation.intervals import bootstrap_indices, nadeau_bengio, percentile_interval
 from smallct.evaluation.metrics import roc_auc
@@ -120,10 +120,9 @@ def _correct(y: np.ndarray, P: np.ndarray) -> np.ndarray:
 
 def _per_fold(ra: RunPredictions, rb: RunPredictions, ca: np.ndarray, cb: np.ndarray) -> list[dict]:
     """Both runs' accuracy and AUC on each test fold."""
-    rows = []
-    for r in range(ra.assignment.shape[0]):
-        for k in range(int(ra.assignment.max()) + 1):
-            idx = np.flatnonzero(ra.assignment[r] == k)
+    rows, folds = [], Folds(ra.assignment)
+    for r in range(folds.repeats):
+        for k, _, idx in folds.split(r):
             fa = _figures(ra.labels, ra.P[r:r + 1], ca[r:r + 1], idx)
             fb = _figures(ra.labels, rb.P[r:r + 1], cb[r:r + 1], idx)
             rows.append({"repeat": r, "fold": k, "n_test": len(idx), "accuracy_a": fa[0], "accuracy_b": fb[0],

@@ -26,6 +26,7 @@ import numpy as np
 import smallct
 from smallct.analysis.compare import (RunPredictions, check_paired, check_resamples, compare_predictions,
                                       read_predictions, summary_lines, write_comparison)
+from smallct.data.folds import Folds
 from smallct.datasets.folder import Dataset
 from smallct.engine.results import fold_figures, format_table, oof_table
 from smallct.engine.run_folder import RunFolder
@@ -80,10 +81,9 @@ def best_member(figures: list[dict]) -> int:
 
 def _fold_files(labels: np.ndarray, P: np.ndarray, assignment: np.ndarray) -> list[dict]:
     """The ensemble's folds as cv's fold files: repeat, fold, test_index, probs and metrics of each test fold."""
-    folds = []
-    for r in range(len(assignment)):
-        for k in range(int(assignment[r].max()) + 1):
-            test = np.flatnonzero(assignment[r] == k)
+    folds, split = [], Folds(np.asarray(assignment))
+    for r in range(split.repeats):
+        for k, _, test in split.split(r):
             folds.append({"repeat": r, "fold": k, "test_index": test.tolist(), "probs": P[r, test].tolist(),
                           "metrics": classification_metrics(labels[test], P[r, test])})
     return folds

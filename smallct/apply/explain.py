@@ -41,7 +41,8 @@ from smallct.apply.predict import (fold_probabilities, image_ids, load_models, m
                                    select_checkpoints)
 from smallct.data.transforms import normalize
 from smallct.data.cache import load_images
-from smallct.engine.run_folder import Run, fold_name
+from smallct.engine.run_folder import fold_name
+from smallct.engine.run_models import Run
 from smallct.engine.train import resolve_device
 from smallct.evaluation.plots import new_figure, save_figure, wrap
 from smallct.models.registry import feature_layer, get_architecture

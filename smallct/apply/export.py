@@ -35,7 +35,7 @@ from torch import nn
 
 import smallct
 from smallct.apply.predict import load_models, run_tta, select_checkpoints
-from smallct.engine.run_folder import Run
+from smallct.engine.run_models import Run
 
 FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}
 OPSET = 18  # the oldest opset torch's exporter writes natively (converting a resnet18 down to 17 fails)

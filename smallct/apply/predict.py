@@ -32,20 +32,27 @@ from torch import nn
 from smallct.progress import tqdm
 
 from smallct.data.cache import load_images
+from smallct.data.source import BatchSource
 from smallct.datasets.classes import class_note
 from smallct.datasets.folder import image_ids
-from smallct.engine.run_folder import Checkpoint, Run, load_fold_model, load_run
+from smallct.engine.run_folder import Checkpoint
+from smallct.engine.run_models import Run, load_fold_model, load_run
 from smallct.engine.train import predict_proba, resolve_device
 from smallct.io.dicom import to_rgb
 from smallct.io.images import IMAGE_SUFFIXES, preprocess
+from smallct.io.series import order_dicom_files
 from smallct.parallel import parallel_map
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 CHUNK = 2048  # images prepared and predicted at a time (2048 x 3 x 256 x 256 uint8 = 400 MB)
 
 
-def find_inputs(paths: Iterable[str | Path]) -> list[Path]:
-    """Image and DICOM files named by ``paths``: files as given, folders searched recursively (sorted)."""
+def find_inputs(paths: Iterable[str | Path], workers: int = 0, progress: bool = False, log=print) -> list[Path]:
+    """Image and DICOM files named by ``paths``: files as given; folders searched recursively, images sorted by
+    name and DICOM slices in series order, as ``smallct.prepare rsna`` orders them
+    (:func:`smallct.io.series.order_dicom_files`: along the slice normal, never by file name). A series with a
+    gap, duplicate positions, mixed orientations or missing tags is logged in one line. ``workers`` processes
+    read the DICOM headers (0: every core)."""
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -53,7 +60,12 @@ def find_inputs(paths: Iterable[str | Path]) -> list[Path]:
                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES)
             if not found:
                 raise ValueError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES + DICOM_SUFFIXES)}) in this folder")
-            files += found
+            slices, problems = order_dicom_files([p for p in found if p.suffix.lower() in DICOM_SUFFIXES],
+                                                 workers, progress)
+            in_order = iter(slices)  # the DICOM files take the DICOM files' places, in series order
+            files += [next(in_order) if p.suffix.lower() in DICOM_SUFFIXES else p for p in found]
+            for line in problems:
+                log(f"{path}: {line}")
         elif path.is_file():
             files.append(path)
         else:
@@ -73,7 +85,7 @@ def model_inputs(files: Sequence[Path], spec: dict, workers: int = 0, progress: 
                    cache: bool = True) -> torch.Tensor:
     """Images as the run's model input, uint8 (N, 3, S, S), prepared exactly as its training images.
 
-    ``spec`` is ``run.json``'s ``input`` (:attr:`smallct.engine.run_folder.Run.input`): ``img_size``,
+    ``spec`` is ``run.json``'s ``input`` (:attr:`smallct.engine.run_models.Run.input`): ``img_size``,
     ``resize``, ``crop``, ``windows`` and ``prepared_size``. PNG and other image files go through
     :func:`smallct.io.images.preprocess` (through the decoded-image cache unless ``cache`` is False). A
     DICOM file is made what ``smallct.prepare rsna`` made of the training slices,
@@ -127,12 +139,13 @@ def load_models(run: Run, checkpoints: Sequence[Checkpoint], device: torch.devic
     return models
 
 
-def fold_probabilities(run: Run, x: torch.Tensor, checkpoints: Sequence[Checkpoint] | None = None,
+def fold_probabilities(run: Run, x: BatchSource | torch.Tensor, checkpoints: Sequence[Checkpoint] | None = None,
                        tta: bool | None = None, device: torch.device | None = None, batch_size: int = 64,
                        progress: bool = True, models: Sequence[nn.Module] | None = None) -> np.ndarray:
     """Probabilities of each fold model of ``run`` on prepared images ``x``: (K, N, C).
 
-    ``x`` is uint8 (N, 3, S, S) from :func:`model_inputs` with ``run.input``; the run's mean and
+    ``x`` is uint8 (N, 3, S, S) from :func:`model_inputs` with ``run.input`` (or a batch source of such images,
+    read batch by batch); the run's mean and
     std normalise it. With ``tta`` each model averages the image and its left-right mirror (None: as the run
     evaluated its test folds, :func:`run_tta`).
     ``models`` (from :func:`load_models`) saves loading the checkpoints again.

@@ -21,6 +21,7 @@ Resize = Literal["pad", "squash"]
 Optimizer = Literal["sgd", "adam", "adamw", "radam"]
 Schedule = Literal["step", "cosine", "onecycle", "constant", "flat_cos"]
 Augment = Literal["none", "flip", "affine"]
+Store = Literal["memory", "disk", "auto"]
 
 # Pearson correlation of 64 px grey thumbnails at which two images count as near-duplicates and are kept in
 # one fold (smallct.data.similar). On the Head CT set it links 49 pairs.
@@ -151,6 +152,9 @@ class CVConfig:
     threads: int | None = option(None, THREADS_HELP, ge=1, file=False)
     out: Path = option(Path("runs/cv"), "run folder; the same --out resumes", file=False)
     workers: int = option(0, "decoding processes (0: every core)", ge=0)
+    cache: Store = option("auto", "where training reads the decoded images: memory, disk (the memory-mapped cache; "
+                                  "sets larger than memory) or auto (memory up to 512 MiB, counting torchrun's "
+                                  "processes on the machine); changes no figure")
     params_source: str | None = option(None, "where tuned settings came from (recorded in results.json)",
                                        cli=False, file=False)
     params_chosen_on: str | None = option(None, "the images the --params settings were chosen or compared on: "
@@ -177,7 +181,8 @@ CV_GROUPS = {
                  "gamma", "warmup_epochs", "flat_share", "label_smoothing", "augment", "vflip", "brightness",
                  "contrast", "gauss_noise", "salt_pepper", "erase", "mixup", "cutmix", "ema", "tta", "amp",
                  "compile"],
-    "validation and run": ["folds", "repeats", "seed", "device", "threads", "workers", "out", "test_curves"],
+    "validation and run": ["folds", "repeats", "seed", "device", "threads", "workers", "cache", "out",
+                           "test_curves"],
     "tracking": ["tensorboard", "mlflow"],
 }
 

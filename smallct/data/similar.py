@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from smallct.config.run import GROUP_SIMILAR
-from smallct.data.cache import load_images
+from smallct.data.cache import open_images
+from smallct.data.source import BatchSource, DiskSource, as_source
+from smallct.io.files import move_into_place, temporary_path
 from smallct.evaluation.intervals import Units
 
 DEFAULT_THRESHOLD = GROUP_SIMILAR  # Pearson correlation of 64 px grey thumbnails (after crop and pad)
@@ -45,15 +47,50 @@ SCREEN_MARGIN = 1e-3  # the float32 screen keeps pairs this far below the thresh
 THUMB_BLOCK = 256  # images shrunk to thumbnails at a time (a float copy of 256 decoded 128 px images: 50 MB)
 
 
-def thumbnails(images: torch.Tensor, size: int = THUMBNAIL, block: int = THUMB_BLOCK) -> torch.Tensor:
-    """Grey thumbnails (N, size * size), float32, of uint8 images (N, 3, H, W), made ``block`` images at a time."""
-    out = torch.empty((len(images), size * size), dtype=torch.float32)
-    for start in range(0, len(images), block):
-        x = images[start:start + block].float().mean(1, keepdim=True)
+def thumbnails(images: BatchSource | torch.Tensor, size: int = THUMBNAIL, block: int = THUMB_BLOCK,
+               out: np.ndarray | None = None) -> torch.Tensor | np.ndarray:
+    """Grey thumbnails (N, size * size), float32, of uint8 images (N, 3, H, W), made ``block`` images at a time;
+    into ``out`` (a memory-mapped array, say) when given."""
+    images = as_source(images)
+    table = torch.empty((len(images), size * size), dtype=torch.float32) if out is None else out
+    for start, xb in zip(range(0, len(images), block), images.in_batches(block)):
+        x = xb.float().mean(1, keepdim=True)
         if x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        out[start:start + block] = x.flatten(1)
-    return out
+        table[start:start + len(xb)] = x.flatten(1) if out is None else x.flatten(1).numpy()
+    return table
+
+
+def thumbnail_table(images: BatchSource | torch.Tensor, block: int = THUMB_BLOCK) -> np.ndarray:
+    """The grey thumbnails of ``images`` as an (N, THUMBNAIL**2) float32 array: in memory for images in memory; for
+    a disk source a memory-mapped file beside its cache (made once), so that no copy of N thumbnails is private
+    memory (750,000 images: 12 GB)."""
+    source = as_source(images)
+    if not isinstance(source, DiskSource):
+        return thumbnails(source, block=block).numpy()
+    path = source.path.with_name(f"{source.path.name}.thumbs{THUMBNAIL}")
+    shape = (len(source), THUMBNAIL * THUMBNAIL)
+    try:
+        table = np.load(path, mmap_mode="r")
+        if table.shape == shape and table.dtype == np.float32:
+            return table
+    except (OSError, ValueError):
+        pass  # none yet, or a damaged one: made again
+    tmp = temporary_path(path)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        thumbnails(source, block=block, out=out)
+        out.flush()
+        del out
+        move_into_place(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return np.load(path, mmap_mode="r")
+
+
+def _rows(table: np.ndarray, index) -> torch.Tensor:
+    """Rows of a thumbnail table (a slice or indices) as a float32 tensor of their own."""
+    return torch.from_numpy(np.array(table[index]))
 
 
 def _standardised(x: torch.Tensor) -> torch.Tensor:
@@ -78,14 +115,14 @@ def similar_pairs(images: torch.Tensor, threshold: float = DEFAULT_THRESHOLD, bl
     matrix); the pairs within :data:`SCREEN_MARGIN` of the threshold or above are then computed in float64,
     as :func:`similarity` does, so the pairs and their correlations are those of the full matrix.
     """
-    thumbs = thumbnails(images, block=min(block, THUMB_BLOCK))
+    thumbs = thumbnail_table(images, block=min(block, THUMB_BLOCK))
     n, scale = len(thumbs), thumbs.shape[1] - 1
     screen = threshold - SCREEN_MARGIN
     found_i, found_j = [], []
     for r0 in range(0, n, block):
-        rows = _standardised(thumbs[r0:r0 + block]).float()
+        rows = _standardised(_rows(thumbs, slice(r0, r0 + block))).float()
         for c0 in range(r0, n, block):
-            cols = rows if c0 == r0 else _standardised(thumbs[c0:c0 + block]).float()
+            cols = rows if c0 == r0 else _standardised(_rows(thumbs, slice(c0, c0 + block))).float()
             near = (rows @ cols.T) / scale >= screen
             if c0 == r0:
                 near = torch.triu(near, 1)  # each pair once, never an image with itself
@@ -94,7 +131,8 @@ def similar_pairs(images: torch.Tensor, threshold: float = DEFAULT_THRESHOLD, bl
                 found_i.append(ii + r0)
                 found_j.append(jj + c0)
     ii, jj = (torch.cat(found_i), torch.cat(found_j)) if found_i else (torch.empty(0, dtype=torch.long),) * 2
-    corr = torch.cat([(_standardised(thumbs[ii[k:k + block]]) * _standardised(thumbs[jj[k:k + block]])).sum(1)
+    corr = torch.cat([(_standardised(_rows(thumbs, ii[k:k + block].numpy()))
+                       * _standardised(_rows(thumbs, jj[k:k + block].numpy()))).sum(1)
                       for k in range(0, len(ii), block)] or [torch.empty(0, dtype=torch.float64)]) / scale
     keep = corr >= threshold
     pairs = [(int(i), int(j), float(c)) for i, j, c in zip(ii[keep], jj[keep], corr[keep])]
@@ -219,8 +257,8 @@ def near_duplicate_groups(dataset, threshold: float | None = DEFAULT_THRESHOLD, 
     if not threshold:
         unit = "patients" if patients is not None else "images"
         return Grouping(patients, [], None, None, unit, "near-duplicates not looked for (--group-similar 0)")
-    thumbs = load_images(dataset.files, DECODE_SIZE, CANONICAL_RESIZE, CANONICAL_CROP, workers=workers,
-                         progress=progress)
+    thumbs = open_images(dataset.files, DECODE_SIZE, CANONICAL_RESIZE, CANONICAL_CROP, store="disk",
+                         workers=workers, progress=progress)
     _, pairs = similar_groups(thumbs, threshold)
     owner = (np.arange(len(dataset)) if patients is None
              else np.unique(np.asarray(patients).astype(str), return_inverse=True)[1].ravel())

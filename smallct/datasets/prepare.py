@@ -10,9 +10,13 @@ the aspect ratio). :func:`prepare_png` writes the same folder for a PNG set
                   folder are refused, so a folder never mixes two windowings)
 ``images/``       one PNG per image, each written atomically (``<id>.png`` for RSNA)
 ``manifest.csv``  one row per prepared image: ``id, file``, the six labels in
-                  :data:`smallct.datasets.rsna.LABELS` order, ``patient, study, series, z`` (mm), sorted by
-                  patient, study, series and z (RSNA); ``id, file, label`` (PNG)
-``report.json``   the last run: selection, counts, every skipped file with its reason, time
+                  :data:`smallct.datasets.rsna.LABELS` order, ``patient, study, series``, ImagePositionPatient
+                  ``x, y, z`` and ImageOrientationPatient ``rx, ry, rz, cx, cy, cz``, ``position`` (mm along
+                  the slice normal) and ``prev, next`` (the manifest rows of the slice's neighbours in its
+                  series; itself at an end or across a gap), rows by patient, study, series, then along the
+                  normal (:func:`smallct.io.series.order_slices`; RSNA); ``id, file, label`` (PNG)
+``report.json``   the last run: selection, counts, every skipped file with its reason, one line per series
+                  with a gap, duplicate positions, mixed orientations or missing tags (``series_problems``), time
 
 :func:`smallct.datasets.folder.load_dataset` reads such a folder (:func:`~smallct.datasets.folder.read_manifest`), so
 ``python -m smallct.cv --data OUT`` trains on it. Runs resume: a second run redoes only the images
@@ -35,11 +39,13 @@ from smallct.datasets.rsna import LABELS, read_rsna_labels
 from smallct.io.dicom import read_header, to_rgb
 from smallct.io.files import atomic_csv, atomic_json, atomic_write
 from smallct.io.images import open_image, preprocess, to_rgb_uint8
+from smallct.io.series import ORIENTATION, POSITION, order_slices
 from smallct.io.windows import DEFAULT_WINDOWS, WINDOWS, get_window
 from smallct.parallel import available_cores, parallel_map
 
 PNG_COMPRESS_LEVEL = 1  # zlib level 1: about 3x faster to write than Pillow's default 6, files about 10% larger
-MANIFEST_COLUMNS = ("id", "file", *LABELS, "patient", "study", "series", "z")
+MANIFEST_COLUMNS = ("id", "file", *LABELS, "patient", "study", "series", *POSITION, *ORIENTATION, "position",
+                    "prev", "next")
 
 
 # --- selection (pure) ----------------------------------------------------------------------------
@@ -124,7 +130,7 @@ def _prepare_slice(job: tuple) -> dict:
     except ValueError as err:  # the dicom readers raise ValueError, naming the file, on any bad input
         return {"id": image_id, "status": "failed", "error": str(err)}
     return {"id": image_id, "status": status, "patient": header["PatientID"], "study": header["StudyInstanceUID"],
-            "series": header["SeriesInstanceUID"], "z": header["z"]}
+            "series": header["SeriesInstanceUID"], **{k: header[k] for k in (*POSITION, *ORIENTATION)}}
 
 
 def _prepare_picture(job: tuple) -> dict:
@@ -180,6 +186,10 @@ def _finish(out: Path, manifest: pd.DataFrame, rows: list[dict], report: dict, s
     })
     atomic_json(out / "report.json", report, default=str)
     skipped = f", {counts['failed']} unreadable and skipped (listed in {out / 'report.json'})" if failed else ""
+    series = report.get("series_problems")
+    if series:
+        skipped += (f", {len(series)} series with a gap, duplicate positions, mixed orientations or missing tags "
+                    f"(series_problems in {out / 'report.json'})")
     log(f"smallct.prepare {report['kind']}: {len(manifest)} images in {out / 'manifest.csv'} "
         f"({counts['written']} written, {counts['kept']} already there{skipped}) in {seconds:.1f} s, "
         f"{report['images_per_second']} images/s")
@@ -272,16 +282,19 @@ def prepare_rsna(dicom: str | Path, labels: str | Path, out: str | Path, *,
     seconds = time.perf_counter() - start
 
     good = pd.DataFrame([r for r in rows if r["status"] != "failed"],
-                        columns=["id", "status", "patient", "study", "series", "z"])
+                        columns=["id", "status", "patient", "study", "series", *POSITION, *ORIENTATION])
     manifest = chosen.rename(columns={"ID": "id"}).merge(good.drop(columns="status"), on="id")
     manifest["file"] = "images/" + manifest["id"] + ".png"
-    manifest = manifest.sort_values(["patient", "study", "series", "z", "id"], na_position="last")
+    order = order_slices(manifest, keys=("patient", "study"))  # never by file name or InstanceNumber
+    manifest = manifest.iloc[order.order].reset_index(drop=True)
+    manifest["position"], manifest["prev"], manifest["next"] = order.position, order.prev, order.next
     report = {
         "kind": "rsna", "dicom": str(dicom), "labels": str(labels), "out": str(out),
         "settings": {"windows": windows, "size": size, "crop": crop},
         "selection": {"labelled_images": len(table), "dcm_files": len(files), "labels_without_file": without_file,
                       "files_without_labels": without_label, "limit": limit, "balance": balance, "seed": seed,
                       "selected": len(chosen), "selected_positive": int(chosen["any"].sum())},
+        "series_problems": order.problems,
     }
     return _finish(out, manifest[list(MANIFEST_COLUMNS)], rows, report, seconds, workers, log)
 

@@ -88,7 +88,9 @@ def write_ct_slice(path: str | Path, pixels: np.ndarray, *, intercept: float | N
         Native (Explicit VR Little Endian), RLE Lossless, JPEG 2000 Lossless (at least 32 px per side:
         openjpeg encodes 6 resolutions) or JPEG Lossless SV1 (.70, needs python-gdcm).
     **tags
-        More elements by keyword (SOPInstanceUID, PatientID, ImagePositionPatient, ...).
+        More elements by keyword (SOPInstanceUID, PatientID, ImagePositionPatient, ImageOrientationPatient
+        (default axial, ``[1, 0, 0, 0, 1, 0]``), ...); None leaves ImagePositionPatient or
+        ImageOrientationPatient out.
 
     Returns
     -------
@@ -115,8 +117,11 @@ def write_ct_slice(path: str | Path, pixels: np.ndarray, *, intercept: float | N
         ds.StudyInstanceUID = tags.pop("StudyInstanceUID", "ID_0000000000")
         ds.SeriesInstanceUID = tags.pop("SeriesInstanceUID", "ID_0000000000")
         ds.StudyID = ""
-        ds.ImagePositionPatient = tags.pop("ImagePositionPatient", [-125.0, -125.0, 0.0])
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        for keyword, default in (("ImagePositionPatient", [-125.0, -125.0, 0.0]),
+                                 ("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])):
+            value = tags.pop(keyword, default)
+            if value is not None:  # None leaves the tag out
+                setattr(ds, keyword, list(value))
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.Rows, ds.Columns = pixels.shape
@@ -175,8 +180,28 @@ def _stored(hu: np.ndarray, fmt: str) -> dict:
     return dict(pixels=raw, transfer_syntax=syntax.get(fmt, uid.ExplicitVRLittleEndian))
 
 
+def tilted_geometry(tilt: float, start: float, n: int, spacing: float = 5.0) -> tuple[list, np.ndarray]:
+    """ImageOrientationPatient and (n, 3) ImagePositionPatient of ``n`` slices ``spacing`` mm apart from ``start``.
+
+    The slice planes are tilted by ``tilt`` degrees about the x axis (gantry tilt); with a tilt, each slice's
+    corner also moves within its plane by +-``spacing`` / tan(tilt) mm, alternately (a reconstruction centre per
+    slice), so that ImagePositionPatient[2] orders neighbouring slices backwards while the position along the
+    normal, dot(position, row x column), grows by ``spacing`` per slice. Without tilt: axial
+    (``[1, 0, 0, 0, 1, 0]``), z = ``start + spacing * k``.
+    """
+    along = start + spacing * np.arange(n)
+    if not tilt:
+        return [1, 0, 0, 0, 1, 0], np.stack([np.full(n, -125.0), np.full(n, -125.0), along], axis=1)
+    t = np.deg2rad(tilt)
+    row, col = np.array([1.0, 0.0, 0.0]), np.array([0.0, np.cos(t), np.sin(t)])
+    shift = (spacing / np.tan(t)) * np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+    positions = np.array([-125.0, -125.0, 0.0]) + along[:, None] * np.cross(row, col) + shift[:, None] * col
+    # DICOM decimal strings hold 16 characters: 4 decimals, as scanners write them
+    return np.round(np.r_[row, col], 6).tolist(), np.round(positions, 4)
+
+
 def write_synthetic_rsna(out: str | Path, n_patients: int = 6, slices_per_series: int = 5, seed: int = 0,
-                         size: int = 64) -> dict:
+                         size: int = 64, tilt: float = 0.0) -> dict:
     """Write a small RSNA-like DICOM set and its ``labels.csv``; deterministic under ``seed``.
 
     Half the patients (rounded up) have a bleed: a hyperdense lesion on a run of adjacent slices,
@@ -194,13 +219,17 @@ def write_synthetic_rsna(out: str | Path, n_patients: int = 6, slices_per_series
         Seed of every random choice (ids, heads, lesions, subtypes, which file is broken).
     size
         Slice side in pixels.
+    tilt
+        Gantry tilt in degrees (:func:`tilted_geometry`): 0 gives axial slices 5 mm apart in z; otherwise the
+        slices are 5 mm apart along their tilted normal and ImagePositionPatient[2] does not order them.
 
     Returns
     -------
     dict
         ``root`` (Path), ``labels`` (Path of labels.csv), ``files`` (sorted Paths), ``corrupt`` and
         ``quirk`` (image ids), ``formats`` ({image id: encoding}), ``series`` ({SeriesInstanceUID:
-        image ids in increasing z}).
+        image ids in slice order along the normal: increasing z when untilted}). Files are named by their
+        random ids, so their names do not follow the slice order; no file has an InstanceNumber.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -230,6 +259,7 @@ def write_synthetic_rsna(out: str | Path, n_patients: int = 6, slices_per_series
             bleed[start:start + length] = True
             subtypes = set(rng.choice(SUBTYPES, int(rng.integers(1, 3)), replace=False).tolist())
         z0 = float(rng.uniform(-50, 50))
+        orientation, positions = tilted_geometry(tilt, z0, slices_per_series)
         ids = image_ids[p * slices_per_series:(p + 1) * slices_per_series]
         series[series_uid] = ids
         for s, image_id in enumerate(ids):
@@ -244,7 +274,8 @@ def write_synthetic_rsna(out: str | Path, n_patients: int = 6, slices_per_series
             path = out / f"{image_id}.dcm"
             write_ct_slice(path, **_stored(hu, "int16" if fmt == "truncated" else fmt), window=window,
                            SOPInstanceUID=image_id, PatientID=patient, StudyInstanceUID=study,
-                           SeriesInstanceUID=series_uid, ImagePositionPatient=[-125.0, -125.0, z0 + 5.0 * s])
+                           SeriesInstanceUID=series_uid, ImagePositionPatient=positions[s].tolist(),
+                           ImageOrientationPatient=orientation)
             if fmt == "truncated":
                 data = path.read_bytes()
                 path.write_bytes(data[: len(data) - hu.size // 2])  # a quarter of the pixel data lost

@@ -1,6 +1,7 @@
 """Cross-validated transfer learning: :func:`run_cv` (``python -m smallct.cv``).
 
-One run: load the images (decoded once, :mod:`smallct.data.cache`), make the folds
+One run: open the images (decoded once, :mod:`smallct.data.cache`; read by index from a
+:class:`smallct.data.source.BatchSource`, in memory or memory-mapped), make the folds
 (:func:`smallct.data.folds.make_folds`), fit one model per fold (:func:`smallct.engine.train.fit`) and
 predict its test fold, write each fold as it finishes, then aggregate the folds into the run's tables,
 figures and plots. The run folder (:class:`smallct.engine.run_folder.RunFolder`) is the contract read
@@ -20,9 +21,10 @@ import torch
 
 from smallct.config.run import CVConfig
 from smallct.config.schema import flat
-from smallct.data.cache import load_images
+from smallct.data.cache import open_images
 from smallct.data.folds import Folds, check_fold_classes, make_folds
 from smallct.data.similar import Grouping
+from smallct.data.source import BatchSource, as_source
 from smallct.data.seeds import fit_seed
 from smallct.datasets.classes import class_note
 from smallct.datasets.explore import size_note
@@ -51,15 +53,15 @@ class CVResult:
 class FoldJob:
     """What every fold of a run shares: its settings, images and model contract, its device and folder.
 
-    ``images`` (N, 3, S, S) uint8 are ``dataset``'s images decoded at ``img_size`` px as ``cfg.data``
-    says; the model is ``cfg.arch`` initialised from ``source``, whose mean and std normalise its input.
+    ``images``: ``dataset``'s images (N, 3, S, S) uint8 decoded at ``img_size`` px as ``cfg.data`` says, as a batch
+    source; the model is ``cfg.arch`` initialised from ``source``, whose mean and std normalise its input.
     """
 
     cfg: CVConfig
     dataset: Dataset
     source: WeightSource
     img_size: int
-    images: torch.Tensor
+    images: BatchSource
     device: torch.device
     folder: RunFolder
     progress: bool = True
@@ -88,14 +90,15 @@ def folds_of(cfg: CVConfig, dataset: Dataset, progress: bool = True, log=print,
 
 @with_threads()
 def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True, log=print,
-           on_epoch=None, estimate: bool = True, images: torch.Tensor | None = None,
+           on_epoch=None, estimate: bool = True, images: BatchSource | torch.Tensor | None = None,
            parent: Tracker | None = None, grouping: Grouping | None = None) -> CVResult:
     """Run (or resume) a cross-validation and write the run folder ``cfg.out``.
 
     ``on_epoch(repeat, fold, record)`` is called after every epoch (a tuner reports to its pruner
     there). ``estimate=False`` skips the timed steps of the duration estimate (a tuner's trials).
-    ``images`` (N, 3, S, S) uint8 are ``dataset``'s images already decoded as ``cfg.data`` says
-    (smallct.nested passes slices of its own); by default they are decoded (and cached) here. ``grouping``:
+    ``images`` (N, 3, S, S) uint8 are ``dataset``'s images already decoded as ``cfg.data`` says, a batch source or a
+    tensor (smallct.nested passes rows of its own, a tuner its study's source); by default they are opened here
+    (decoded and cached once; ``cfg.cache`` says memory or disk). ``grouping``:
     the groups the folds keep whole, when already found (smallct.nested: the outer folds' groups of its training
     part, never a fresh near-duplicate search on fewer images).
     The run is tracked as ``cfg.tensorboard`` and ``cfg.mlflow`` say (:mod:`smallct.engine.tracking`); its MLflow
@@ -110,9 +113,10 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
     device = resolve_device(cfg.device)
     img_size = source.image_size(cfg.data.img_size)
     if images is None:
-        images = load_images(dataset.files, img_size, cfg.data.resize, cfg.data.crop, workers=cfg.workers,
-                             progress=progress)
-    elif tuple(images.shape) != (len(dataset), 3, img_size, img_size):
+        images = open_images(dataset.files, img_size, cfg.data.resize, cfg.data.crop, store=cfg.cache,
+                             workers=cfg.workers, progress=progress, log=log)
+    images = as_source(images)
+    if tuple(images.shape) != (len(dataset), 3, img_size, img_size):
         raise ValueError(f"images: shape {tuple(images.shape)}, expected {(len(dataset), 3, img_size, img_size)}")
     folds = folds_of(cfg, dataset, progress, log, grouping)
     folder = RunFolder(cfg.out)
@@ -177,11 +181,11 @@ def train_fold(job: FoldJob, r: int, k: int, train: np.ndarray, test: np.ndarray
     start = time.perf_counter()
     callback = None if on_epoch is None else (lambda rec: on_epoch(r, k, rec))
     try:
-        history = fit(model, job.images[train], labels[train], cfg.train, job.source.mean, job.source.std,
+        history = fit(model, job.images.take(train), labels[train], cfg.train, job.source.mean, job.source.std,
                       dataset.task, seed=fold_seed, device=job.device,
-                      val=(job.images[test], labels[test]) if cfg.test_curves else None, on_epoch=callback,
+                      val=(job.images.take(test), labels[test]) if cfg.test_curves else None, on_epoch=callback,
                       desc=f"repeat {r + 1}/{cfg.repeats} fold {k + 1}/{cfg.folds}", progress=job.progress)
-        probs = predict_proba(model, job.images[test], job.source.mean, job.source.std, dataset.task,
+        probs = predict_proba(model, job.images.take(test), job.source.mean, job.source.std, dataset.task,
                               cfg.train.tta, device=job.device, amp=cfg.train.amp)
         if not np.isfinite(probs).all():
             raise FloatingPointError("the model's outputs are NaN or infinite after training: lower the learning "

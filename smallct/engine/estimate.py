@@ -34,10 +34,9 @@ def fit_seconds(per_image: float, train: TrainConfig, n_train: float, n_eval: fl
 def estimate_seconds(model, images, labels, cfg: CVConfig, source, task, device, n_train, n_test,
                      n_fits) -> tuple[float, float]:
     """Expected wall time (s) of ``n_fits`` cross-validation fits and the training rate (images/s), from a few
-    timed steps of ``model`` (its weights are restored)."""
+    timed steps of ``model`` (its weights are restored) on the first of ``images`` (a batch source or a tensor)."""
     y = torch.as_tensor(labels[: cfg.train.batch_size])
-    per_image = time_training_step(model, images[: cfg.train.batch_size], y, cfg.train, source.mean, source.std,
-                                   task, device)
+    per_image = time_training_step(model, images, y, cfg.train, source.mean, source.std, task, device)
     # the test fold is evaluated after every epoch for the curves, and once at the end, with TTA
     evaluations = (cfg.train.epochs if cfg.test_curves else 0) + 1 + cfg.train.tta
     return fit_seconds(per_image, cfg.train, n_train, n_test, evaluations) * n_fits, 1.0 / per_image

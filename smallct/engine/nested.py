@@ -44,14 +44,15 @@ from smallct.progress import tqdm
 from smallct.config.run import CVConfig, to_dict
 from smallct.config.schema import flat
 from smallct.config.studies import NestedConfig
-from smallct.data.cache import load_images
+from smallct.data.cache import open_images
+from smallct.data.source import BatchSource
 from smallct.data.folds import check_fold_classes
 from smallct.data.similar import Grouping
 from smallct.datasets.folder import Dataset, data_fingerprint, load_data
 from smallct.engine.cv import CVResult, FoldJob, check_task, finish_run, folds_of, run_cv, train_fold, write_fold
 from smallct.engine.estimate import estimate_seconds, fmt_duration
-from smallct.engine.run_folder import (SETTINGS_THAT_CHANGE_RESULTS, RunFolder, fold_name, load_fold_model, load_run,
-                                      run_record)
+from smallct.engine.run_folder import SETTINGS_THAT_CHANGE_RESULTS, RunFolder, fold_name, run_record
+from smallct.engine.run_models import load_fold_model, load_run
 from smallct.engine.tracking import Tracker, finish_cv
 from smallct.engine.train import predict_proba, resolve_device, with_threads
 from smallct.evaluation.intervals import Units, pooled_figures
@@ -171,13 +172,14 @@ def run_nested(cfg: NestedConfig, dataset: Dataset | None = None, progress: bool
     _check_select(cfg, dataset)
     device = resolve_device(outer_cfg.device)
     sizes = {n: sources[n].image_size(c.data.img_size) for n, c in cfg.candidates.items()}
-    loaded: dict[tuple, torch.Tensor] = {}
+    loaded: dict[tuple, BatchSource] = {}
 
-    def images_for(name: str) -> torch.Tensor:  # decoded once per (size, resize, crop), shared by candidates
+    def images_for(name: str) -> BatchSource:  # decoded once per (size, resize, crop), shared by candidates
         c = cfg.candidates[name]
         key = (sizes[name], c.data.resize, c.data.crop)
         if key not in loaded:
-            loaded[key] = load_images(dataset.files, *key, workers=c.workers, progress=progress)
+            loaded[key] = open_images(dataset.files, *key, store=c.cache, workers=c.workers, progress=progress,
+                                      log=log)
         return loaded[key]
 
     for name in cfg.candidates:  # decoded (and so checked) before anything is written under --out
@@ -201,7 +203,7 @@ def run_nested(cfg: NestedConfig, dataset: Dataset | None = None, progress: bool
         for r, k in tqdm(todo, desc="outer folds", unit="fold", disable=not progress):
             train, test = folds.train_test(r, k)
             choice = choose_candidate(cfg, dataset.subset(train), r, k, progress, inner_log,
-                                      images=lambda name: images_for(name)[train], parent=tracker,
+                                      images=lambda name: images_for(name).take(train), parent=tracker,
                                       grouping=folds.grouping.subset(train))
             name = choice["candidate"]
             log(_choice_line(cfg, folder, r, k, choice))
@@ -213,7 +215,8 @@ def run_nested(cfg: NestedConfig, dataset: Dataset | None = None, progress: bool
                 tracker.end_fold(fold_name(r, k))
             else:  # the winner's inner fold models, averaged: a cross-fitted ensemble, no further fit
                 fold_start = time.perf_counter()
-                probs = inner_ensemble_proba(_inner_config(cfg, name, r, k).out, images_for(name)[test], device)
+                probs = inner_ensemble_proba(_inner_config(cfg, name, r, k).out, images_for(name).take(test),
+                                             device)
                 write_fold(folder, dataset, r, k, test, probs, [], time.perf_counter() - fold_start,
                            extra={"nested": choice})
         result = finish_run(folder, dataset, outer_cfg, log=log, seconds=time.perf_counter() - start)
@@ -250,8 +253,9 @@ def _choice_line(cfg: NestedConfig, folder: RunFolder, r: int, k: int, choice: d
             + ")")
 
 
-def inner_ensemble_proba(inner_run: Path, images: torch.Tensor, device) -> np.ndarray:
-    """Mean class probabilities (N, C) of the fold models of one inner run, on uint8 images (N, 3, H, W)."""
+def inner_ensemble_proba(inner_run: Path, images: BatchSource | torch.Tensor, device) -> np.ndarray:
+    """Mean class probabilities (N, C) of the fold models of one inner run, on uint8 images (N, 3, H, W): a batch
+    source or a tensor."""
     run = load_run(inner_run)
     probs = []
     for ckpt in run.checkpoints:

@@ -14,8 +14,8 @@ A cross-validation run (``smallct.cv``, ``smallct.nested``, each trial of ``smal
 ``inner/r{repeat}_f{fold}/{candidate}/``  a nested run's inner runs (run folders themselves)
 
 :class:`RunFolder` holds these names (as MONAI's ``FolderLayout``); nothing else builds a path into a run folder
-or parses one. :class:`Run` (:func:`load_run`) is a run read back, for prediction, Grad-CAM, export, comparison,
-tuning and notebooks: a model's architecture, image size, windows, normalisation and TTA come from the run.
+or parses one. Reading a run back for use (its fold models, its images again) is
+:mod:`smallct.engine.run_models`'s job.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import platform
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +34,11 @@ import torchvision
 from torch import nn
 
 import smallct
-from smallct.config.run import CVConfig, from_dict, to_dict, with_defaults
+from smallct.config.run import CVConfig, to_dict, with_defaults
 from smallct.data.folds import Folds, scheme_note
-from smallct.datasets.folder import Dataset, load_data, same_ids
+from smallct.datasets.folder import Dataset, same_ids
 from smallct.evaluation.intervals import Units
 from smallct.io.files import atomic_csv, atomic_json
-from smallct.models.registry import builder
 from smallct.models.weights import WeightSource
 
 _FOLD_NAME = re.compile(r"r(\d+)_f(\d+)")
@@ -301,116 +300,3 @@ def run_record(cfg: CVConfig, dataset: Dataset, source: WeightSource, img_size: 
         "resampling": folds.resampling_record(),
     }
 
-
-@dataclass
-class Run:
-    """A run folder read back: ``run.json`` (``record``) and the fold checkpoints written so far."""
-
-    path: Path
-    record: dict
-    checkpoints: list[Checkpoint]
-
-    @property
-    def folder(self) -> RunFolder:
-        return RunFolder(self.path)
-
-    arch = property(lambda self: self.record["arch"])
-    task = property(lambda self: self.record["task"])
-    class_names = property(lambda self: list(self.record["class_names"]))
-
-    @property
-    def positive_class(self) -> str | None:
-        """The class ``prob`` is for: ``class_names[1]`` of a binary run (also where run.json is older), else None."""
-        return self.record.get("positive_class", self.class_names[1] if self.task == "binary" else None)
-
-    @property
-    def input(self) -> dict:
-        """How an image becomes the model input: img_size (px), resize, crop, mean, std, windows."""
-        return self.record["input"]
-
-    @property
-    def amp(self) -> bool:
-        return bool(self.record["config"]["train"].get("amp", True))
-
-    @property
-    def tta(self) -> bool:
-        """Whether the test folds were evaluated with left-right TTA: what its fold models predict with by default."""
-        return bool(self.record.get("tta", self.record.get("config", {}).get("train", {}).get("tta", False)))
-
-    @property
-    def config(self) -> CVConfig:
-        return from_dict(CVConfig, self.record["config"])
-
-    def checkpoint(self, name: str) -> Checkpoint:
-        """The checkpoint called ``name`` (``r0_f2``); ``ValueError`` listing the ones there are."""
-        for ckpt in self.checkpoints:
-            if ckpt.name == name:
-                return ckpt
-        raise ValueError(f"{self.path}: no fold model {name!r} (there are: "
-                         f"{', '.join(c.name for c in self.checkpoints) or 'none'})")
-
-    def oof(self) -> pd.DataFrame:
-        """``oof.csv``: id, label(s), prob(s), pred, fold, repeat (ids read as text)."""
-        return self.folder.read_oof()
-
-    def results(self) -> dict:
-        """``results.json``: per-fold, mean and pooled figures."""
-        return self.folder.read_results()
-
-    def dataset(self, log=print) -> Dataset:
-        """The run's own labelled images, read again as the run read them (regenerated for a phantom run).
-
-        Classes and ids are run.json's, in its order (smallct 0.1.0 recorded ``0`` for ``000.png``). ``ValueError``
-        when the images differ from those of the run (the data changed)."""
-        cfg, recorded = self.config, [str(i) for i in self.record["folds"]["ids"]]
-        data = cfg.data if self.task == "multilabel" else replace(cfg.data, class_names=self.class_names,
-                                                                   positive_class=self.positive_class)
-        dataset = load_data(data, cfg.seed, log=log)
-        if not same_ids(recorded, dataset.ids):
-            raise ValueError(f"{self.path}: the images of {dataset.source} are not those of the run ({len(dataset)} "
-                             f"now, {len(recorded)} in run.json); the data folder changed since the run")
-        return replace(dataset, ids=recorded)
-
-
-def load_run(run_dir: str | Path) -> Run:
-    """Read a run folder: ``run.json`` and the list of fold checkpoints.
-
-    Returns
-    -------
-    Run
-        Checkpoints sorted by (repeat, fold); the list is empty while no fold has finished.
-
-    Raises
-    ------
-    ValueError
-        Naming the folder when it is not a run folder (no readable ``run.json``).
-    """
-    folder = RunFolder(Path(run_dir))
-    record = folder.read_record()
-    missing = [k for k in ("arch", "task", "num_outputs", "class_names", "input", "config") if k not in record]
-    if missing:
-        raise ValueError(f"{folder.run_json}: no {', '.join(missing)}; not written by this smallct.cv")
-    return Run(folder.path, record, folder.checkpoints())
-
-
-def load_fold_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild one fold model from its checkpoint, in eval mode on ``device``.
-
-    The architecture and the number of outputs come from the checkpoint; the state dict is loaded
-    strictly (every tensor must fit). Returns ``(model, info)``, ``info`` being the checkpoint's
-    other entries (arch, num_outputs, task, class_names, repeat, fold, img_size, mean, std).
-    """
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a bad file
-        raise ValueError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(ckpt, dict) or not {"model", "arch", "num_outputs"} <= set(ckpt):
-        raise ValueError(f"{path}: not a smallct fold checkpoint (expected model, arch and num_outputs)")
-    info = {k: v for k, v in ckpt.items() if k != "model"}
-    model = builder(info["arch"])(info["num_outputs"])
-    try:
-        model.load_state_dict(ckpt["model"], strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit {info['arch']} ({str(err).splitlines()[0]})") from None
-    return model.to(device).eval(), info

@@ -1,8 +1,9 @@
-"""One fit loop, and prediction, on uint8 image tensors from the cache.
+"""One fit loop, and prediction, on uint8 images read from a batch source.
 
-The whole training set sits in one uint8 tensor (on the GPU when there is one); each step slices a
-batch, augments it in one batched call and normalises it. No Dataset, no DataLoader, no image
-decoding in the loop.
+The images come from a :class:`smallct.data.source.BatchSource` (a tensor in memory for small sets, the
+memory-mapped cache for large ones; a fold's images are :meth:`~smallct.data.source.BatchSource.take` of the
+set's); each step reads its batch by index, augments it in one batched call and normalises it. No Dataset, no
+DataLoader, no image decoding in the loop.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from smallct.progress import tqdm
 
 from smallct.config.run import TrainConfig
 from smallct.data.augmentations import PER_IMAGE, Mix, augment_batch, mix_batch
+from smallct.data.source import BatchSource, as_source
 from smallct.data.transforms import augment, normalize
 from smallct.evaluation.metrics import classification_metrics
 from smallct.models.factory import parameter_groups, set_backbone_trainable
@@ -176,17 +178,19 @@ def _autocast(device: torch.device, enabled: bool):
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x: torch.Tensor, mean, std, task: str = "binary", tta: bool = False,
-                  batch_size: int = 64, device: torch.device | None = None, amp: bool = True) -> np.ndarray:
-    """Class probabilities (N, C) (sigmoid per label for multi-label) of uint8 images (N, 3, H, W).
+def predict_proba(model: nn.Module, x: BatchSource | torch.Tensor, mean, std, task: str = "binary",
+                  tta: bool = False, batch_size: int = 64, device: torch.device | None = None,
+                  amp: bool = True) -> np.ndarray:
+    """Class probabilities (N, C) (sigmoid per label for multi-label) of uint8 images (N, 3, H, W): a batch source
+    or a tensor.
 
     With ``tta`` the probabilities of the image and its left-right mirror are averaged.
     """
     device = device or next(model.parameters()).device
     model.eval()
     out = []
-    for i in range(0, len(x), batch_size):
-        xb = normalize(x[i:i + batch_size].to(device, non_blocking=True), mean, std)
+    for xb in as_source(x).in_batches(batch_size, device):
+        xb = normalize(xb.to(device, non_blocking=True), mean, std)
         with _autocast(device, amp):
             p = _probs(model(xb).float(), task)
             if tta:
@@ -195,12 +199,15 @@ def predict_proba(model: nn.Module, x: torch.Tensor, mean, std, task: str = "bin
     return torch.cat(out).numpy()
 
 
-def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, mean, std, task: str = "binary",
-        seed: int = 0, device: torch.device | None = None, val: tuple[torch.Tensor, torch.Tensor] | None = None,
+def fit(model: nn.Module, x: BatchSource | torch.Tensor, y: torch.Tensor, cfg: TrainConfig, mean, std,
+        task: str = "binary", seed: int = 0, device: torch.device | None = None,
+        val: tuple[BatchSource | torch.Tensor, torch.Tensor] | None = None,
         on_epoch: Callable[[dict], None] | None = None, desc: str = "train", progress: bool = True) -> list[dict]:
     """Train ``model`` in place on uint8 images ``x`` (N, 3, H, W) and labels ``y``.
 
-    ``y`` is (N,) int64 class indices, or (N, L) 0/1 for multi-label. ``val`` images are only
+    ``x`` is a batch source, usually a set's source and the training rows (``source.take(train)``), or a tensor;
+    each step reads its batch from it by index (a disk source reads ahead). ``y`` is (N,) int64 class indices, or
+    (N, L) 0/1 for multi-label. ``val`` images are only
     evaluated (loss and accuracy per epoch, for the training-curves plot); nothing is chosen on
     them: the returned model is the one after the last epoch (with ``cfg.ema``, the average). ``on_epoch``
     receives each epoch's record (a tuner reports it to its pruner and may raise to stop). Returns one record per
@@ -218,7 +225,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, me
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
         if cfg.compile:
             forward = torch.compile(model)  # shares the parameters; ``model`` (and its state_dict) stay plain
-    x, y = x.to(device), y.to(device)
+    x, y = as_source(x), y.to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
     n = len(x)
     bs = min(cfg.batch_size, n)
@@ -241,6 +248,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, me
         if slow is False and epoch > 0 and backbone_frozen(cfg, epoch - 1) and not backbone_frozen(cfg, epoch):
             slow, timed = None, 0  # head-only steps were timed: a step of the whole network decides again
         order = torch.randperm(n, generator=generator, device=device)
+        steps = [order[b * bs:(b + 1) * bs] if b < steps_per_epoch - 1 else order[b * bs:]
+                 for b in range(steps_per_epoch)]
+        images = x.batches(steps, device)  # a disk source reads the next batches while the model steps
         # sums stay on the device: no host-device synchronisation inside the epoch
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
@@ -248,10 +258,10 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, me
         batches = _batch_bar(desc, epoch, cfg.epochs, steps_per_epoch, 0) if slow else None
         for b in range(steps_per_epoch):
             step_start = time.perf_counter()
-            idx = order[b * bs:(b + 1) * bs] if b < steps_per_epoch - 1 else order[b * bs:]
+            idx = steps[b]
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * lr_factor(cfg, step, total, steps_per_epoch)
-            xb = augment(x[idx].float(), cfg.augment, generator)
+            xb = augment(next(images).float(), cfg.augment, generator)
             xb = augment_batch(xb, generator, **ingredients)
             xb, mix = mix_batch(xb, cfg.mixup, cfg.cutmix, generator)
             xb = normalize(xb, mean, std)
@@ -279,6 +289,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, me
                 batches.update()
         if batches is not None:
             batches.close()
+        images.close()
         total_loss = total_loss.item()  # a NaN or inf in any step carries into the sum
         if not math.isfinite(total_loss):
             raise FloatingPointError(f"loss is {total_loss / seen} at epoch {epoch + 1}: lower the learning rate")
@@ -317,9 +328,9 @@ def _n_correct(logits: torch.Tensor, y: torch.Tensor, task: str) -> float:
 def _evaluate(model, x, y, mean, std, task, loss_fn, device, amp) -> dict:
     model.eval()
     logits = []
-    for i in range(0, len(x), 64):
+    for xb in as_source(x).in_batches(64, device):
         with _autocast(device, amp):
-            logits.append(model(normalize(x[i:i + 64].to(device), mean, std)).float())
+            logits.append(model(normalize(xb.to(device), mean, std)).float())
     logits = torch.cat(logits)
     if not torch.isfinite(logits).all():  # a diverged model: say so, rather than fail on NaN in a metric
         raise FloatingPointError("the model's outputs are NaN or infinite after this epoch: lower the learning rate")
@@ -338,7 +349,7 @@ def timing_batch(cfg: TrainConfig, n: int, device: torch.device) -> int:
     return min(cfg.batch_size, n, TIMING_BATCH_CPU if device.type == "cpu" else n)
 
 
-def time_training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, mean, std,
+def time_training_step(model: nn.Module, x: BatchSource | torch.Tensor, y: torch.Tensor, cfg: TrainConfig, mean, std,
                        task: str, device: torch.device, steps: int = 1) -> float:
     """Seconds per training image, timed over ``steps`` forward/backward steps after one warm-up step, on
     :func:`timing_batch` images (resnet152 at 224 px on a CPU: two steps of 4 images, seconds rather than a
@@ -354,7 +365,7 @@ def time_training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
 
     def per_image(bs: int) -> float:
-        xb = normalize(x[:bs].to(device), mean, std).contiguous(memory_format=torch.channels_last)
+        xb = normalize(as_source(x).head(bs).to(device), mean, std).contiguous(memory_format=torch.channels_last)
         yb = y[:bs].to(device)
         times = []
         for _ in range(steps + 1):  # the first: a warm-up

@@ -278,7 +278,8 @@ def to_rgb(path: str | Path, windows: Sequence[WindowSpec] = DEFAULT_WINDOWS,
 
 # --- headers -------------------------------------------------------------------------------------
 
-HEADER_COLUMNS = ("path", "SOPInstanceUID", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "z",
+HEADER_COLUMNS = ("path", "SOPInstanceUID", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
+                  "x", "y", "z", "rx", "ry", "rz", "cx", "cy", "cz",
                   "Rows", "Columns", "WindowCenter", "WindowWidth", "RescaleSlope", "RescaleIntercept",
                   "BitsStored", "PixelRepresentation", "TransferSyntaxUID", "bad_intercept")
 _INT_COLUMNS = ("Rows", "Columns", "BitsStored", "PixelRepresentation")
@@ -290,8 +291,10 @@ def read_header(path: str | Path) -> dict:
     Returns
     -------
     dict
-        Keys :data:`HEADER_COLUMNS`: ids as str (None when absent); ``z`` = ImagePositionPatient[2]
-        in mm (NaN when absent); WindowCenter / WindowWidth (first value) and RescaleSlope /
+        Keys :data:`HEADER_COLUMNS`: ids as str (None when absent); ``x, y, z`` = ImagePositionPatient
+        in mm and ``rx, ry, rz, cx, cy, cz`` = ImageOrientationPatient (direction cosines of the rows, then
+        of the columns), all NaN when the tag is absent or malformed (the order along the slice normal is
+        :func:`smallct.io.series.order_slices`'s); WindowCenter / WindowWidth (first value) and RescaleSlope /
         RescaleIntercept in HU (NaN when absent); Rows, Columns, BitsStored, PixelRepresentation as
         int (None when absent); ``bad_intercept`` as :func:`has_bad_intercept`.
 
@@ -318,18 +321,22 @@ def read_header(path: str | Path) -> dict:
             value = ds.get(keyword)
             return None if value is None else str(value)
 
-        position = ds.get("ImagePositionPatient")
-        try:
-            z = float(position[2]) if position is not None and len(position) >= 3 else nan
-        except (TypeError, ValueError):
-            z = nan
+        def numbers(keyword: str, names: tuple[str, ...]) -> dict:
+            value = ds.get(keyword)
+            try:
+                values = [float(v) for v in value] if value is not None and len(value) == len(names) else None
+            except (TypeError, ValueError):
+                values = None
+            return dict(zip(names, values or [nan] * len(names)))
+
         row = {
             "path": str(path),
             "SOPInstanceUID": text("SOPInstanceUID"),
             "PatientID": text("PatientID"),
             "StudyInstanceUID": text("StudyInstanceUID"),
             "SeriesInstanceUID": text("SeriesInstanceUID"),
-            "z": z,
+            **numbers("ImagePositionPatient", ("x", "y", "z")),
+            **numbers("ImageOrientationPatient", ("rx", "ry", "rz", "cx", "cy", "cz")),
             "Rows": integer("Rows"),
             "Columns": integer("Columns"),
             "WindowCenter": number("WindowCenter"),

@@ -40,6 +40,11 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def move_into_place(src: str | Path, path: str | Path) -> None:
+    """Move a finished file (a chunk-by-chunk cache's ``.partial``) over ``path`` in one step."""
+    os.replace(src, path)
+
+
 def atomic_text(path: str | Path, text: str) -> None:
     with atomic_write(path) as tmp:
         tmp.write_text(text)

@@ -33,7 +33,8 @@ from smallct.progress import tqdm
 
 from smallct.config.studies import Pooling
 from smallct.data.transforms import normalize
-from smallct.data.cache import cache_key, load_images
+from smallct.data.cache import cache_key, open_images
+from smallct.data.source import BatchSource, as_source
 from smallct.io.files import atomic_npy, cache_dir
 from smallct.models.factory import create_model, embed, last_feature_map
 from smallct.models.registry import feature_layer, get_architecture
@@ -64,10 +65,11 @@ def _pooled(model: nn.Module, x: torch.Tensor, pool: str, layer: nn.Module | Non
 
 
 @torch.no_grad()
-def compute_embeddings(model: nn.Module, images: torch.Tensor, mean, std, pool: str = "avg", flip: bool = False,
+def compute_embeddings(model: nn.Module, images: BatchSource | torch.Tensor, mean, std, pool: str = "avg", flip: bool = False,
                        batch_size: int = 32, device: torch.device | None = None, progress: bool = True,
                        layer: nn.Module | None = None) -> np.ndarray:
-    """Embeddings (N, D) float32 of uint8 images (N, 3, H, W) by a frozen ``model`` in eval mode.
+    """Embeddings (N, D) float32 of uint8 images (N, 3, H, W), a batch source or a tensor, by a frozen ``model`` in
+    eval mode.
 
     With ``flip`` each row is the mean of the embeddings of the image and of its left-right mirror.
     ``layer`` gives the last feature map for ``max`` and ``avgmax`` pooling (default: the module
@@ -79,8 +81,8 @@ def compute_embeddings(model: nn.Module, images: torch.Tensor, mean, std, pool: 
         layer = feature_layer(model, images.shape[-1])[1]
     out = []
     bar = tqdm(total=len(images), desc="embedding", unit="img", disable=not progress, leave=False)
-    for i in range(0, len(images), batch_size):
-        xb = normalize(images[i:i + batch_size].to(device), mean, std)
+    for xb in as_source(images).in_batches(batch_size, device):
+        xb = normalize(xb.to(device), mean, std)
         z = _pooled(model, xb, pool, layer).float()
         if flip:
             z = (z + _pooled(model, xb.flip(-1), pool, layer).float()) / 2
@@ -138,7 +140,7 @@ def load_embeddings(files: list[Path], arch: str, weights: str = "imagenet", img
                 return np.load(path)
             except (OSError, ValueError):
                 pass  # a damaged cache file is rebuilt below
-    images = load_images(files, img_size, resize, crop, cache=cache, progress=progress)
+    images = open_images(files, img_size, resize, crop, cache=cache, progress=progress)
     torch.manual_seed(seed)
     model = create_model(arch, 2, source)
     if log is not None:

@@ -40,7 +40,7 @@ from smallct.progress import tqdm
 from smallct.config.run import to_dict
 from smallct.config.schema import flat
 from smallct.config.studies import CurveConfig
-from smallct.data.cache import load_images
+from smallct.data.cache import open_images
 from smallct.data.folds import Folds, check_fold_classes, make_folds
 from smallct.data.seeds import subset_seed
 from smallct.datasets.folder import Dataset, load_data
@@ -148,7 +148,7 @@ def finetune_fits(cfg: CurveConfig, dataset: Dataset, weights: str, source: Weig
     """The whole network fine-tuned for every split; the duration is said first."""
     labels, n_classes = np.asarray(dataset.labels), len(dataset.class_names)
     ft_size = cfg.finetune_img_size or source.image_size(cfg.data.img_size)
-    images = load_images(dataset.files, ft_size, cfg.data.resize, cfg.data.crop, progress=progress)
+    images = open_images(dataset.files, ft_size, cfg.data.resize, cfg.data.crop, progress=progress, log=log)
     per_image = seconds_per_image(cfg.arch, source, images, labels, n_classes, cfg.finetune, device)
     seconds = sum(finetune_fit_seconds(per_image, cfg.finetune, len(sub), len(test)) for _, _, _, sub, test in splits)
     log(f"fine-tuning ({weights}): {len(splits)} fits at {ft_size} px, {cfg.finetune.epochs} epochs each; "

@@ -46,7 +46,7 @@ from smallct.progress import tqdm
 
 from smallct.config.run import to_dict
 from smallct.config.studies import FewShotConfig
-from smallct.data.cache import load_images
+from smallct.data.cache import open_images
 from smallct.data.seeds import episode_seed
 from smallct.data.similar import Grouping, near_duplicate_groups
 from smallct.datasets.classes import check_class_sizes
@@ -212,7 +212,7 @@ def finetune_episodes(cfg: FewShotConfig, dataset: Dataset, draws: list, source:
     trained on each support set; the duration is said first."""
     labels, n_classes = np.asarray(dataset.labels), len(dataset.class_names)
     ft_size = cfg.finetune_img_size or img_size
-    images = load_images(dataset.files, ft_size, cfg.data.resize, cfg.data.crop, progress=progress)
+    images = open_images(dataset.files, ft_size, cfg.data.resize, cfg.data.crop, progress=progress, log=log)
     per_image = seconds_per_image(cfg.arch, source, images, labels, n_classes, cfg.finetune, device)
     todo = [d for d in draws if d[1] < cfg.finetune_episodes]
     seconds = sum(finetune_fit_seconds(per_image, cfg.finetune, len(s), len(q)) for _, _, s, q in todo)

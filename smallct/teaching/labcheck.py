@@ -33,7 +33,7 @@ from PIL import Image
 
 from smallct.datasets.folder import phantom_dataset, read_labelled_folder
 from smallct.datasets.synthetic_dicom import write_synthetic_rsna
-from smallct.engine.run_folder import load_run
+from smallct.engine.run_models import load_run
 from smallct.evaluation.multilabel import weighted_log_loss
 from smallct.io.files import cache_dir
 from smallct.io.images import crop_to_content

@@ -46,7 +46,8 @@ from smallct.progress import tqdm
 from smallct.config.run import CVConfig
 from smallct.config.schema import build, flat
 from smallct.config.studies import TuneConfig
-from smallct.data.cache import load_images
+from smallct.data.cache import open_images
+from smallct.data.source import BatchSource
 from smallct.data.folds import check_fold_classes
 from smallct.datasets.folder import Dataset, data_fingerprint, load_data
 from smallct.engine.cv import check_task, folds_of, run_cv
@@ -99,18 +100,19 @@ def _pruner(cfg: TuneConfig, steps: int):
     raise ValueError(f"--pruner {cfg.pruner}: expected median, hyperband or none")
 
 
-def check_inputs(cfg: TuneConfig, dataset: Dataset, progress: bool = True, log=print) -> None:
+def check_inputs(cfg: TuneConfig, dataset: Dataset, progress: bool = True, log=print) -> BatchSource:
     """What a trial would find wrong, found before the study writes anything under ``--out``: the task, the
     weights, the device, the folds (smallct.cv's, as every trial makes them) and the images (decoded at the
-    fixed size into the cache, which the trials then read)."""
+    fixed size into the cache). Returns the images as a batch source, opened once for every trial (a trial's run
+    neither re-reads the cache file nor stats the files again)."""
     base = cfg.base
     check_task(base, dataset)
     check_fold_classes(dataset, base.folds)  # a stray label: stops before any download or decoding
     source = resolve_weights(base.arch, base.weights, offline=base.offline)
     resolve_device(base.device)
     folds_of(base, dataset, progress, log)
-    load_images(dataset.files, source.image_size(base.data.img_size), base.data.resize, base.data.crop,
-                workers=base.workers, progress=progress)
+    return open_images(dataset.files, source.image_size(base.data.img_size), base.data.resize, base.data.crop,
+                       store=base.cache, workers=base.workers, progress=progress, log=log)
 
 
 def _check_marker(out: Path, here: dict) -> Path:
@@ -208,6 +210,11 @@ class EpochReporter:
                                      f"(step {step}): running {self.key} {running:.4f}")
 
 
+def _preparation(cfg: CVConfig) -> tuple:
+    """What the decoded images of a run depend on: the weights (their input size) and the preprocessing."""
+    return cfg.arch, cfg.weights, cfg.data.img_size, cfg.data.resize, cfg.data.crop
+
+
 def _record_folds(trial: optuna.Trial, run: RunFolder, metric: str) -> list[float]:
     """Each finished fold's figure as a user attribute ``<metric>_r<repeat>_f<fold>``."""
     values = []
@@ -219,9 +226,11 @@ def _record_folds(trial: optuna.Trial, run: RunFolder, metric: str) -> list[floa
     return values
 
 
-def make_objective(cfg: TuneConfig, dataset: Dataset, space: dict, metric: str, parent: Tracker | None = None):
+def make_objective(cfg: TuneConfig, dataset: Dataset, space: dict, metric: str, parent: Tracker | None = None,
+                   images: BatchSource | None = None):
     """The objective: one cross-validation with the trial's settings; returns the mean over folds. Each trial's run
-    is tracked in its own run folder (TensorBoard) and as a nested run of ``parent``'s (MLflow)."""
+    is tracked in its own run folder (TensorBoard) and as a nested run of ``parent``'s (MLflow). ``images``: the
+    study's images at its settings (:func:`check_inputs`), read by every trial that prepares images that way."""
     out = Path(cfg.base.out)
     heartbeats = _heartbeats(cfg)
 
@@ -246,8 +255,9 @@ def make_objective(cfg: TuneConfig, dataset: Dataset, space: dict, metric: str, 
         reporter = EpochReporter(trial, OBJECTIVES[metric][1], run_cfg.folds, run_cfg.train.epochs)
         start = time.perf_counter()
         try:
+            same = _preparation(run_cfg) == _preparation(cfg.base)
             result = run_cv(run_cfg, dataset=dataset, progress=False, log=lambda *a, **k: None,
-                            on_epoch=reporter, estimate=False, parent=parent)
+                            on_epoch=reporter, estimate=False, parent=parent, images=images if same else None)
         except FAILURES as err:
             trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
             raise
@@ -312,7 +322,7 @@ def run_study(cfg: TuneConfig, dataset: Dataset | None = None, progress: bool = 
     """
     base = cfg.base
     dataset = dataset if dataset is not None else load_data(base.data, base.seed, log)
-    check_inputs(cfg, dataset, progress, log)
+    images = check_inputs(cfg, dataset, progress, log)
     raw = cfg.space if cfg.space is not None else default_space(base.train.epochs)
     space = {k: v for k, v in parse_space(raw).items() if v is not None}  # typed like the cv settings
     metric = choose_metric(cfg.metric, dataset.task)
@@ -357,7 +367,7 @@ def run_study(cfg: TuneConfig, dataset: Dataset | None = None, progress: bool = 
                 # at most the trials not yet finished: other workers' running ones may still fail (a killed
                 # worker), and then this one runs them; the callback and NotNeeded stop it at the target first
                 attempts = cfg.trials - sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
-                study.optimize(make_objective(cfg, dataset, space, metric, tracker), n_trials=attempts,
+                study.optimize(make_objective(cfg, dataset, space, metric, tracker, images), n_trials=attempts,
                                timeout=cfg.timeout, catch=FAILURES, gc_after_trial=True, callbacks=[after_trial])
             finally:
                 logging.getLogger("optuna.study._optimize").removeFilter(quiet)

@@ -14,7 +14,7 @@ from smallct.io.windows import window
 from smallct.models.factory import create_model
 from smallct.models.registry import builder
 from smallct.datasets.phantom import head_phantom_hu
-from smallct.engine.run_folder import load_run
+from smallct.engine.run_models import load_run
 from smallct.engine.train import fit, predict_proba
 from smallct.models.weights import resolve_weights
 

@@ -12,7 +12,7 @@ from smallct.apply import export as X
 from smallct.export import main
 from smallct.datasets.folder import load_dataset
 from smallct.apply.predict import model_inputs as prepare_inputs, predict
-from smallct.engine.run_folder import load_run
+from smallct.engine.run_models import load_run
 
 
 def quiet(*_args):

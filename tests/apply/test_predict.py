@@ -13,7 +13,7 @@ from PIL import Image
 from smallct.apply import predict as P
 from smallct.predict import main
 from smallct.datasets.folder import load_dataset
-from smallct.engine.run_folder import load_fold_model, load_run, Run
+from smallct.engine.run_models import load_fold_model, load_run, Run
 
 
 def quiet(*_args):
@@ -228,3 +228,46 @@ def test_a_fold_model_prepared_otherwise_than_run_json_is_refused(small_run, tmp
     run = load_run(run_dir)
     with pytest.raises(ValueError, match="resize differ from run.json"):
         P.load_models(run, run.checkpoints)
+
+
+def test_find_inputs_lists_dicom_series_along_the_normal(tmp_path):
+    from smallct.datasets.synthetic_dicom import write_synthetic_rsna
+
+    synthetic = write_synthetic_rsna(tmp_path / "dicom", n_patients=3, slices_per_series=5, seed=2, size=32, tilt=20)
+    picture = tmp_path / "dicom" / "ID_0000.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(picture)
+    series = synthetic["series"]
+    dup = tmp_path / "dicom" / "ID_fffffffff.dcm"  # the last slice of the first series, stored twice
+    first = next(iter(series))
+    shutil.copy(tmp_path / "dicom" / f"{series[first][-1]}.dcm", dup)
+    lines = []
+    files = P.find_inputs([tmp_path / "dicom"], workers=1, log=lines.append)
+    assert files[0] == picture  # an image keeps its place by name; the DICOM slices fill theirs in series order
+    stems = [f.stem for f in files[1:]]
+    runs = {uid: stems.index(ids[0]) for uid, ids in series.items()}
+    for uid, ids in series.items():  # 0.3.0: by file name
+        expected = ids + ([dup.stem] if uid == first else [])
+        assert stems[runs[uid]:runs[uid] + len(expected)] == expected
+    line, = lines
+    assert line == (f"{tmp_path / 'dicom'}: series {first}: 6 slices; 1 duplicate position ({series[first][-1]} = "
+                    f"{dup.stem} at {line.split(' at ')[1].split(')')[0]}): ordered by id")
+    given = [synthetic["files"][3], synthetic["files"][0]]
+    assert P.find_inputs(given) == given  # files named one by one keep the order given
+
+
+def test_predict_lists_a_dicom_folder_in_series_order(rsna_run, tmp_path):
+    root, synthetic = rsna_run
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for f in synthetic["files"]:
+        if f.stem != synthetic["corrupt"]:
+            shutil.copy(f, folder / f.name)
+    out = tmp_path / "preds.csv"
+    assert main(["--run", str(root / "run"), "--data", str(folder), "--out", str(out), "--workers", "1",
+                 "--no-progress"]) == 0
+    ids = pd.read_csv(out)["id"].tolist()
+    order = [i for series in synthetic["series"].values() for i in series if i != synthetic["corrupt"]]
+    assert sorted(ids) == sorted(order) and ids != sorted(ids)  # not by file name, as 0.3.0 listed them
+    for series in synthetic["series"].values():
+        kept = [i for i in series if i != synthetic["corrupt"]]
+        assert ids[ids.index(kept[0]):ids.index(kept[0]) + len(kept)] == kept

@@ -107,3 +107,153 @@ def test_worker_processes_give_the_same_array(phantom_dir):
     assert torch.equal(one, two)
     assert len({bytes(img.numpy()) for img in one}) == 16  # rows are distinct images, in file order
     np.testing.assert_array_equal(one[5].numpy(), prepare(files[5], 32).transpose(2, 0, 1))
+
+
+# --- built in chunks, resumable, locked, checked (smallct 0.5) --------------------------------------------------
+
+_DYING_BUILD = """
+import os, signal, sys
+from pathlib import Path
+import smallct.data.cache as c
+c.chunk_rows = lambda size: 4
+files = [Path(p) for p in sys.argv[3:]]
+decoded = 0
+real = c._preprocess_chw
+def dying(job):
+    global decoded
+    decoded += 1
+    if decoded == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9, in the middle of a chunk
+    return real(job)
+c._preprocess_chw = dying
+c.build_cache(files, 32, path=Path(sys.argv[1]), workers=1, progress=False)
+"""
+
+
+def _run(script: str, *args, env=None):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_a_build_killed_mid_chunk_resumes_with_its_finished_chunks_and_equals_an_uninterrupted_one(
+        phantom_dir, tmp_path, monkeypatch):
+    import smallct.data.cache as cache
+    files = sorted(phantom_dir.glob("*.png"))[:18]  # 5 chunks of 4 rows (the last of 2)
+    path = tmp_path / "cache" / "images-test.npy"
+    proc = _run(_DYING_BUILD, path, 11, *files)  # dies decoding image 11: chunks 0 and 1 written, 2 not
+    assert proc.returncode == -9
+    assert not path.exists()  # no final name for a partial cache
+    assert np.frombuffer(Path(f"{path}.chunks").read_bytes(), np.uint8).tolist() == [1, 1, 0, 0, 0]
+
+    monkeypatch.setattr(cache, "chunk_rows", lambda size: 4)
+    decoded, real = [], cache._preprocess_chw
+    monkeypatch.setattr(cache, "_preprocess_chw", lambda job: decoded.append(job[0]) or real(job))
+    lines = []
+    cache.build_cache(files, 32, path=path, workers=1, progress=False, log=lines.append)
+    assert decoded == files[8:]  # only the unfinished chunks were decoded again
+    assert any("resuming the image cache" in line and "2 of 5 chunks" in line for line in lines)
+    np.testing.assert_array_equal(np.load(path), _expected(files, 32))  # = an uninterrupted build
+    assert not Path(f"{path}.partial").exists() and not Path(f"{path}.chunks").exists()
+
+
+def test_a_damaged_cache_is_said_and_rebuilt_never_read_as_images(images, tmp_path):
+    from smallct.data.cache import open_images
+    store = tmp_path / "cache"
+    open_images(images, 32, cache=store, workers=1, progress=False)
+    path, = _cached(store)
+    with open(path, "r+b") as fh:  # cut short, as a full disk or a killed copy leaves it
+        fh.truncate(path.stat().st_size - 100)
+    lines = []
+    source = open_images(images, 32, cache=store, store="disk", workers=1, progress=False, log=lines.append)
+    assert any("is damaged" in line and str(path) in line for line in lines)
+    np.testing.assert_array_equal(source.read(np.arange(6)).numpy(), _expected(images, 32))
+    np.save(path, np.zeros((5, 3, 32, 32), np.uint8))  # a whole .npy of another shape
+    lines.clear()
+    x = load_images(images, 32, cache=store, workers=1, progress=False)
+    np.testing.assert_array_equal(x.numpy(), _expected(images, 32))
+
+
+_SMALL_DISK = """
+import resource, sys
+from pathlib import Path
+import smallct.data.cache as c
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # a disk that takes 20 kB more
+try:
+    c.build_cache([Path(p) for p in sys.argv[2:]], 64, path=Path(sys.argv[1]), workers=1, progress=False)
+except OSError as err:
+    print(err)
+    sys.exit(3)
+"""
+
+
+def test_a_full_disk_is_one_line_naming_the_folder_and_the_space_and_leaves_no_cache(images, tmp_path):
+    path = tmp_path / "cache" / "images-test.npy"
+    proc = _run(_SMALL_DISK, path, *images)
+    assert proc.returncode == 3, proc.stderr
+    line = proc.stdout.strip()
+    assert "\n" not in line and str(path.parent) in line
+    assert "cannot write the image cache" in line and "needs" in line and "SMALLCT_CACHE" in line
+    assert not path.exists() and not Path(f"{path}.partial").exists()
+    from smallct.data.cache import build_cache
+    build_cache(images, 64, path=path, workers=1, progress=False)  # room again: a good cache
+    np.testing.assert_array_equal(np.load(path), _expected(images, 64))
+
+
+def test_too_little_free_space_is_said_before_anything_is_written(images, tmp_path, monkeypatch):
+    import shutil as sh
+    import smallct.data.cache as cache
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda p: sh._ntuple_diskusage(10**12, 10**12 - 1000, 1000))
+    path = tmp_path / "cache" / "images-test.npy"
+    with pytest.raises(OSError, match=r"cache: cannot write the image cache \(1 KiB free\): it needs 18.0 MiB"):
+        cache.build_cache(images, 1024, path=path, workers=1, progress=False)
+    assert not list(path.parent.iterdir()) or [p.name for p in path.parent.iterdir()] == ["images-test.npy.lock"]
+
+
+_BUILDER = """
+import sys, time
+from pathlib import Path
+import smallct.data.cache as c
+real = c._preprocess_chw
+def slow(job):
+    time.sleep(0.05)
+    print("decoded", job[0].name, flush=True)
+    return real(job)
+c._preprocess_chw = slow
+c.build_cache([Path(p) for p in sys.argv[2:]], 32, path=Path(sys.argv[1]), workers=1, progress=False, log=print)
+"""
+
+
+def test_two_processes_building_the_same_cache_end_with_one_good_cache_decoded_once(images, tmp_path):
+    import subprocess
+    import sys
+    path = tmp_path / "cache" / "images-test.npy"
+    procs = [subprocess.Popen([sys.executable, "-c", _BUILDER, str(path), *map(str, images)], stdout=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert sum(out.count("decoded ") for out in outs) == len(images)  # one built, the other waited and read it
+    np.testing.assert_array_equal(np.load(path), _expected(images, 32))
+
+
+def test_a_large_set_is_not_stated_at_every_start_but_a_changed_file_is_still_found(images, tmp_path, monkeypatch):
+    import smallct.data.cache as cache
+    from smallct.data.cache import open_images
+    monkeypatch.setattr(cache, "STAT_ALL", 3)  # six files: a "large" set
+    monkeypatch.setattr(cache, "STAT_SAMPLE", 2)  # rows 0 and 5 checked at each start
+    store = tmp_path / "cache"
+    open_images(images, 32, cache=store, workers=1, progress=False)
+    path, = _cached(store)
+    assert np.load(f"{path}.stats").shape == (6, 2)
+    calls = []
+    real_stat = os.stat
+    monkeypatch.setattr(cache.os, "stat", lambda p, *a, **k: calls.append(p) or real_stat(p, *a, **k))
+    open_images(images, 32, cache=store, workers=1, progress=False)
+    assert len([c for c in calls if str(c).endswith(".png")]) == 2  # not six
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(images[2])  # not in the sample
+    assert (open_images(images, 32, cache=store, workers=1, progress=False).read([2]) != 255).any()
+    lines = []
+    x = open_images(images, 32, cache=store, workers=1, progress=False, verify=True, log=lines.append)
+    assert any("files changed since" in line for line in lines)
+    assert (x.read([2]) == 255).all()

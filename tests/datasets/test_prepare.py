@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 from PIL import Image
 
@@ -72,7 +73,8 @@ def test_prepare_rsna_writes_windowed_pngs_and_manifest(synthetic, prepared):
     assert "15 images" in line and "1 unreadable" in line
 
     manifest = pd.read_csv(out / "manifest.csv")
-    assert manifest.columns.tolist() == ["id", "file", *LABELS, "patient", "study", "series", "z"]
+    assert manifest.columns.tolist() == ["id", "file", *LABELS, "patient", "study", "series", "x", "y", "z",
+                                         "rx", "ry", "rz", "cx", "cy", "cz", "position", "prev", "next"]
     assert len(manifest) == 15 and corrupt not in set(manifest["id"])
     labels = read_rsna_labels(synthetic["labels"]).set_index("ID")
     assert (manifest[list(LABELS)].to_numpy() == labels.loc[manifest["id"], list(LABELS)].to_numpy()).all()
@@ -224,3 +226,78 @@ def test_balance_without_positives_is_an_error(synthetic, tmp_path):
     csv.write_text("\n".join(["ID,Label", *(line[:-1] + "0" for line in lines[1:])]) + "\n")  # every label 0
     with pytest.raises(ValueError, match="0 positive and 16 negative images with a file: nothing to balance"):
         prepare_rsna(synthetic["root"], csv, tmp_path / "out", balance=True, workers=1, progress=False)
+
+
+def _segments_neighbours(segments):
+    """{id: (prev id, next id)} of slices in runs of neighbours: itself at the ends of each run."""
+    out = {}
+    for run in segments:
+        for k, i in enumerate(run):
+            out[i] = (run[max(k - 1, 0)], run[min(k + 1, len(run) - 1)])
+    return out
+
+
+def test_prepare_rsna_orders_tilted_series_along_the_normal_with_neighbours(tmp_path):
+    synthetic = write_synthetic_rsna(tmp_path / "dicom", n_patients=4, slices_per_series=6, seed=5, size=32,
+                                     tilt=20)
+    root, corrupt = synthetic["root"], synthetic["corrupt"]
+    series = dict(synthetic["series"])  # {uid: ids along the normal}
+    headers = read_headers(synthetic["files"], workers=1, progress=False).set_index("SOPInstanceUID")
+    # what the test is about: z, file names and InstanceNumber cannot give this order
+    for ids in series.values():
+        assert headers.loc[ids, "z"].sort_values().index.tolist() != ids
+    assert any(sorted(ids) != ids for ids in series.values())
+    assert not any("InstanceNumber" in pydicom.dcmread(f, stop_before_pixels=True) for f in synthetic["files"])
+
+    clean = [u for u, ids in series.items() if corrupt not in ids]
+    gap_uid, dup_uid, bare_uid = clean[:3]
+    missing = series[gap_uid][2]  # a slice lost: a gap between slices 1 and 3
+    (root / f"{missing}.dcm").unlink()
+    original = series[dup_uid][3]  # a slice stored twice under another id (sorting before it)
+    duplicate = "ID_000000000"
+    shutil.copy(root / f"{original}.dcm", root / f"{duplicate}.dcm")
+    labels = synthetic["labels"].read_text().splitlines()
+    extra = [line.replace(original, duplicate) for line in labels if line.startswith(original)]
+    synthetic["labels"].write_text("\n".join(labels + extra) + "\n")
+    bare = series[bare_uid][4]  # a slice without ImageOrientationPatient: its series cannot be ordered
+    ds = pydicom.dcmread(root / f"{bare}.dcm")
+    del ds.ImageOrientationPatient
+    ds.save_as(root / f"{bare}.dcm")
+
+    lines = []
+    report = prepare_rsna(root, synthetic["labels"], tmp_path / "out", size=16, workers=1, progress=False,
+                          log=lines.append)
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")
+    assert len(manifest) == 4 * 6 - 1 + 1 - 1  # one lost, one duplicated, the corrupt one skipped
+    segments = {
+        gap_uid: [series[gap_uid][:2], series[gap_uid][3:]],
+        dup_uid: [series[dup_uid][:3] + [duplicate] + series[dup_uid][3:]],
+        bare_uid: [[i] for i in sorted(series[bare_uid])],  # id order, each its own neighbour
+    }
+    (corrupt_uid,) = set(series) - set(segments)
+    k = series[corrupt_uid].index(corrupt)
+    segments[corrupt_uid] = [s for s in (series[corrupt_uid][:k], series[corrupt_uid][k + 1:]) if s]
+    for uid, runs in segments.items():
+        rows = manifest[manifest["series"] == uid]
+        assert rows["id"].tolist() == [i for run in runs for i in run], uid  # 0.3.0: by ImagePositionPatient[2]
+        assert rows.index.tolist() == list(range(rows.index[0], rows.index[0] + len(rows)))  # contiguous rows
+    ids = manifest["id"].to_numpy()
+    neighbours = {i: (ids[p], ids[n]) for i, p, n in zip(ids, manifest["prev"], manifest["next"])}
+    for runs in segments.values():
+        for i, pair in _segments_neighbours(runs).items():
+            assert neighbours[i] == pair, i  # mutant caught: neighbours linked across a gap
+    ordered = manifest[manifest["series"] != bare_uid]
+    assert all(np.diff(g["position"]).min() >= 0 for _, g in ordered.groupby("series"))
+    # one line per series with a problem, naming what and where
+    interior = 0 < k < 5
+    problems = report["series_problems"]
+    assert len(problems) == 3 + interior
+    by_uid = {line.split(":")[0].removeprefix("series "): line for line in problems}
+    assert f"(5 mm between {series[gap_uid][1]} and {series[gap_uid][3]})" not in by_uid[gap_uid]
+    assert f"10 mm between {series[gap_uid][1]} and {series[gap_uid][3]}" in by_uid[gap_uid]
+    assert f"duplicate position ({duplicate} = {original} at " in by_uid[dup_uid]
+    assert f"1 without a usable ImagePositionPatient or ImageOrientationPatient ({bare}): kept in id order" \
+        in by_uid[bare_uid]
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["series_problems"] == problems
+    line, = lines
+    assert f"{len(problems)} series with a gap, duplicate positions" in line

@@ -82,6 +82,28 @@ def test_deterministic_under_a_seed(tmp_path, phantom_dir):
     assert not c.oof.set_index("id")["fold"].equals(a.oof.set_index("id")["fold"])
 
 
+def test_memory_and_disk_sources_give_bit_identical_out_of_fold_predictions(tmp_path, phantom_dir, monkeypatch):
+    """--cache changes where the images are read from, never a figure; a run resumes under the other --cache."""
+    import smallct.engine.cv as cv_module
+    from smallct.data.source import DiskSource, MemorySource
+    seen, original = [], cv_module.train_fold
+    monkeypatch.setattr(cv_module, "train_fold", lambda job, *a, **k: seen.append(type(job.images)) or original(
+        job, *a, **k))
+    runs = {store: run_cv(tiny_cfg(tmp_path / store, phantom_dir, cache=store, train=TrainConfig(
+        epochs=2, batch_size=8, augment="affine")), progress=False, log=lambda *_: None)
+            for store in ("memory", "disk")}
+    assert seen == [MemorySource, MemorySource, DiskSource, DiskSource]
+    probs = [c for c in runs["memory"].oof.columns if c.startswith("prob")]
+    assert probs
+    np.testing.assert_array_equal(runs["memory"].oof[probs].to_numpy(), runs["disk"].oof[probs].to_numpy())
+    pd.testing.assert_frame_equal(runs["memory"].history.drop(columns="seconds"),
+                                  runs["disk"].history.drop(columns="seconds"))
+    (tmp_path / "disk" / "folds" / "r0_f1.json").unlink()  # interrupted after fold 0 ...
+    again = run_cv(tiny_cfg(tmp_path / "disk", phantom_dir, cache="memory", train=TrainConfig(
+        epochs=2, batch_size=8, augment="affine")), progress=False, log=lambda *_: None)  # ... resumed in memory
+    np.testing.assert_array_equal(again.oof[probs].to_numpy(), runs["disk"].oof[probs].to_numpy())
+
+
 def test_resume_skips_finished_folds_and_refuses_other_settings(tmp_path, phantom_dir):
     out = tmp_path / "run"
     first = run_cv(tiny_cfg(out, phantom_dir, folds=3), progress=False, log=lambda *_: None)

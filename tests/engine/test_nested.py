@@ -123,7 +123,7 @@ def test_one_candidate_refit_reproduces_plain_cv_and_pairs_with_it(phantom_dir, 
 
 def test_no_refit_averages_the_inner_fold_models(phantom_dir, tmp_path):
     from smallct.data.cache import load_images
-    from smallct.engine.run_folder import load_fold_model, load_run
+    from smallct.engine.run_models import load_fold_model, load_run
     from smallct.engine.train import predict_proba
 
     out = tmp_path / "n"
@@ -241,7 +241,8 @@ def test_inner_ensembles_follow_the_runs_tta_as_predict_reads_it(tmp_path, monke
     from pathlib import Path
 
     import smallct.engine.nested as nested
-    from smallct.engine.run_folder import Checkpoint, Run
+    from smallct.engine.run_folder import Checkpoint
+    from smallct.engine.run_models import Run
 
     run = Run(tmp_path, {"task": "binary", "config": {"train": {"tta": True, "amp": False}}},
               [Checkpoint(0, 0, Path("a.pt")), Checkpoint(0, 1, Path("b.pt"))])

@@ -358,3 +358,17 @@ def test_read_header_without_position_gives_nan_z(tmp_path):
     del ds.ImagePositionPatient
     ds.save_as(path)
     assert np.isnan(read_header(path)["z"])
+
+
+def test_read_header_records_position_and_orientation(tmp_path):
+    tilted = [1.0, 0.0, 0.0, 0.0, 0.939693, 0.34202]
+    path = write_ct_slice(tmp_path / "t.dcm", np.zeros((4, 4), np.int16), ImagePositionPatient=[-125.0, -110.5, 7.25],
+                          ImageOrientationPatient=tilted)
+    header = read_header(path)
+    assert [header[k] for k in ("x", "y", "z")] == [-125.0, -110.5, 7.25]
+    assert [header[k] for k in ("rx", "ry", "rz", "cx", "cy", "cz")] == tilted  # mutant caught: orientation dropped
+    bare = write_ct_slice(tmp_path / "b.dcm", np.zeros((4, 4), np.int16), ImageOrientationPatient=None)
+    header = read_header(bare)
+    assert header["z"] == 0.0 and all(np.isnan(header[k]) for k in ("rx", "ry", "rz", "cx", "cy", "cz"))
+    table = read_headers([path, bare], workers=1, progress=False)
+    assert table.columns.tolist()[5:14] == ["x", "y", "z", "rx", "ry", "rz", "cx", "cy", "cz"]

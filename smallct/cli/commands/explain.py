@@ -39,7 +39,7 @@ class Explain(Command):
     def run(self, args: argparse.Namespace) -> None:
         from smallct.apply.explain import explain_images, explain_oof, write_explanations  # the library, loaded
         from smallct.apply.predict import find_inputs  # on use: --help stays torch-free
-        from smallct.engine.run_folder import load_run  # (torch)
+        from smallct.engine.run_models import load_run  # (torch)
 
         run = load_run(args.run)
         progress = not args.no_progress

@@ -31,7 +31,7 @@ class Export(Command):
 
     def run(self, args: argparse.Namespace) -> None:
         from smallct.apply.export import contract_path, export_run  # loaded on use: --help stays torch-free
-        from smallct.engine.run_folder import load_run  # (torch)
+        from smallct.engine.run_models import load_run  # (torch)
 
         contract = export_run(load_run(args.run), args.out, args.format, args.fold, args.tta, args.opset)
         diff = contract["max_abs_difference"]

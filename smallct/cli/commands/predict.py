@@ -47,12 +47,13 @@ class Predict(Command):
 
     def run(self, args: argparse.Namespace) -> None:
         from smallct.apply.predict import find_inputs, predict, rsna_submission  # loaded on use: --help
-        from smallct.engine.run_folder import load_run  # stays torch-free
+        from smallct.engine.run_models import load_run  # stays torch-free
 
         runs = [load_run(r) for r in args.run]
         if args.submission is not None and runs[0].task != "multilabel":
             raise ValueError(f"{runs[0].path}: --submission needs a multi-label RSNA run, this one is {runs[0].task}")
-        table = predict(runs, find_inputs(args.data), tta=args.tta, folds=args.fold, device=args.device,
+        files = find_inputs(args.data, workers=args.workers, progress=not args.no_progress)
+        table = predict(runs, files, tta=args.tta, folds=args.fold, device=args.device,
                         batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
         atomic_csv(args.out, table)
         print(f"wrote {len(table)} predictions to {args.out}")

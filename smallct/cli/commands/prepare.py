@@ -21,7 +21,9 @@ class Prepare(Command):
         sub = parser.add_subparsers(dest="kind", required=True, metavar="{rsna,png}")
         r = sub.add_parser("rsna", help="RSNA 2019 DICOM slices + stage_2_train.csv -> windowed RGB PNGs",
                            description="Window RSNA 2019 DICOM slices into RGB PNGs (one window per channel) and "
-                                       "write manifest.csv (id, file, six labels, patient, study, series, z).")
+                                       "write manifest.csv (id, file, six labels, patient, study, series, "
+                                       "position and orientation, prev and next): each series in order along its "
+                                       "slice normal, with each slice's neighbours.")
         r.add_argument("--dicom", type=Path, required=True, help="folder of ID_<hex>.dcm slices (searched recursively)")
         r.add_argument("--labels", type=Path, required=True, help="labels CSV in stage_2_train.csv format (ID,Label)")
         r.add_argument("--out", type=Path, required=True, help="output folder; the same folder resumes")
