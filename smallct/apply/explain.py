@@ -40,7 +40,7 @@ from smallct.progress import tqdm
 from smallct.apply.predict import (fold_probabilities, image_ids, load_models, model_inputs, probability_columns,
                                    select_checkpoints)
 from smallct.data.transforms import normalize
-from smallct.data.cache import load_images
+from smallct.data.cache import open_images
 from smallct.engine.run_folder import fold_name
 from smallct.engine.run_models import Run
 from smallct.engine.train import resolve_device
@@ -159,8 +159,8 @@ def explain_oof(run: Run, everything: bool = False, ids: Sequence[str] | None = 
     maps = np.zeros((len(chosen), size, size), np.float32)
     if not len(chosen):
         return table, images, maps
-    images[:] = load_images([dataset.files[rows[k]] for k in chosen], size, spec["resize"], spec["crop"],
-                            progress=progress)
+    # read from the run's own cache (one batch source for the whole set), never a cache of the chosen few
+    images[:] = open_images(dataset.files, size, spec["resize"], spec["crop"], progress=progress).read(rows[chosen])
     table["model"] = [fold_name(repeat, fold) for fold in table["fold"]]
     dev = resolve_device(device)
     for k, name in enumerate(tqdm(sorted(table["model"].unique()), desc="Grad-CAM per fold", unit="model",

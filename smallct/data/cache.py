@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 from smallct.data.source import BatchSource, DiskSource, MemorySource, choose_store
-from smallct.io.files import cache_dir, move_into_place
+from smallct.io.files import atomic_npy, cache_dir, move_into_place
 from smallct.io.images import preprocess
-from smallct.parallel import parallel_map
+from smallct.parallel import IN_FLIGHT, parallel_map, workers_for
 
 CACHE_VERSION = 1  # bump when the preprocessing changes what a cached image holds
 STAT_ALL = 50_000  # sets up to this many files are stat'ed at every start (milliseconds)
@@ -99,8 +99,20 @@ def cache_path(files: list[Path], size: int, resize: str = "pad", crop: bool = T
     return folder / f"images-{cache_key(files, size, resize, crop)}.npy"
 
 
-def _sidecar(path: Path, suffix: str) -> Path:
+SIDECARS = (".partial", ".chunks", ".stats", ".thumbs64")  # files beside a cache that describe or derive from it
+
+
+def sidecar(path: Path, suffix: str) -> Path:
+    """A file beside the cache ``path`` (``images-KEY.npy.stats``, ...): :data:`SIDECARS` names them, and a cache
+    removed or built again takes every one of them with it."""
     return path.with_name(path.name + suffix)
+
+
+def remove_cache(path: Path) -> None:
+    """Remove the cache ``path`` and everything beside it that describes or derives from it (not its lock)."""
+    for suffix in SIDECARS:
+        sidecar(path, suffix).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
 
 
 def damage(path: Path, shape: tuple[int, ...]) -> str | None:
@@ -118,15 +130,22 @@ def damage(path: Path, shape: tuple[int, ...]) -> str | None:
 
 @contextmanager
 def _locked(path: Path, log):
-    """Hold the build lock of ``path`` (waiting, and saying so, while another process holds it)."""
-    lock = _sidecar(path, ".lock")
-    with open(lock, "a+") as fh:
+    """Hold the build lock of ``path`` (waiting, and saying so, while another process holds it). A file system
+    without locks (some network mounts) builds unlocked, saying so."""
+    with open(sidecar(path, ".lock"), "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if log is not None:
                 log(f"waiting for another process building the image cache {path.name}")
             fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError as err:
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+                raise
+            if log is not None:
+                log(f"{path.parent}: no file locks here ({err.strerror}); building the image cache unlocked")
+            yield
+            return
         try:
             yield
         finally:
@@ -180,41 +199,46 @@ def build_cache(files: list[Path], size: int, resize: str = "pad", crop: bool = 
     files = [Path(f) for f in files]
     path = Path(path) if path is not None else cache_path(files, size, resize, crop)
     shape = (len(files), 3, size, size)
+    if path.is_file() and damage(path, shape) is None:
+        return path  # a complete cache is read without its lock (a read-only cache folder works)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path, log):
         if path.is_file():
             why = damage(path, shape)
             if why is None:
-                return path
+                return path  # built by another process meanwhile
             if log is not None:
                 log(f"the image cache {path} is damaged ({why}): building it again")
-            path.unlink()
+            remove_cache(path)
         _build(files, shape, resize, crop, path, workers, progress, log)
     return path
 
 
 def _build(files, shape, resize, crop, path: Path, workers, progress, log) -> None:
-    partial, record = _sidecar(path, ".partial"), _sidecar(path, ".chunks")
+    partial, record = sidecar(path, ".partial"), sidecar(path, ".chunks")
     n, size = shape[0], shape[2]
     rows = chunk_rows(size)
     n_chunks = -(-n // rows)
+    head = np.array([rows], "<u4").tobytes()  # the record: rows per chunk, then one byte per chunk (1: written)
     done = np.zeros(n_chunks, np.uint8)
     if partial.is_file() and record.is_file() and damage(partial, shape) is None:
-        kept = np.frombuffer(record.read_bytes(), np.uint8)
-        if len(kept) == n_chunks:
-            done = kept.copy()
+        kept = record.read_bytes()
+        if kept[:4] == head and len(kept) == 4 + n_chunks:
+            done = np.frombuffer(kept[4:], np.uint8).copy()
     if not done.any():
         record.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)  # before the free-space check: its space is free again
         offset = _allocate(partial, shape)
-        record.write_bytes(bytes(n_chunks))
+        record.write_bytes(head + bytes(n_chunks))
     else:
         offset = np.load(partial, mmap_mode="r").offset
         if log is not None:
             log(f"resuming the image cache {path.name}: {int(done.sum())} of {n_chunks} chunks already decoded")
     todo = [c for c in range(n_chunks) if not done[c]]
     jobs = [(files[i], size, resize, crop) for c in todo for i in range(c * rows, min((c + 1) * rows, n))]
+    in_flight = IN_FLIGHT * workers_for(workers, max(len(jobs), 1))  # job chunks decoded and not yet written
     decoded = parallel_map(_preprocess_chw, jobs, workers, progress, desc=f"decoding {len(jobs)} images",
-                           unit="img", leave=False)
+                           unit="img", leave=False, max_chunk=max(1, rows // in_flight))  # at most a cache chunk
     row_bytes = 3 * size * size
     data = os.open(partial, os.O_RDWR)
     marks = os.open(record, os.O_RDWR)
@@ -231,7 +255,7 @@ def _build(files, shape, resize, crop, path: Path, workers, progress, log) -> No
                 if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
                     raise _no_space(path.parent, (n - lo) * row_bytes, err.strerror) from None
                 raise
-            os.pwrite(marks, b"\x01", c)  # only now: the chunk's rows are on disk
+            os.pwrite(marks, b"\x01", 4 + c)  # only now: the chunk's rows are on disk
     finally:
         decoded.close()
         os.close(data)
@@ -240,25 +264,33 @@ def _build(files, shape, resize, crop, path: Path, workers, progress, log) -> No
     record.unlink(missing_ok=True)
 
 
-def _record_stats(files: list[Path], path: Path) -> None:
-    """Keep the sizes and times of ``files`` beside their cache ``path`` (``.stats``)."""
-    with open(_sidecar(path, ".stats"), "wb") as fh:
-        np.save(fh, _stats(files))
-
-
-def _verify_stats(files: list[Path], path: Path, verify: bool) -> bool:
+def _same_files(files: list[Path], path: Path, verify: bool) -> bool:
     """For sets of more than :data:`STAT_ALL` files: whether the files still have the sizes and times recorded
-    beside the cache (a sample, or all with ``verify``); records them when there is no record yet."""
-    stats_path = _sidecar(path, ".stats")
-    if not stats_path.is_file():
-        _record_stats(files, path)
-        return True
-    recorded = np.load(stats_path)
-    if len(recorded) != len(files):
+    beside the cache ``path`` (``.stats``: a sample of them, or all with ``verify``); False without a readable
+    record."""
+    try:
+        recorded = np.load(sidecar(path, ".stats"))
+    except (OSError, ValueError, EOFError):
+        return False
+    if recorded.shape != (len(files), 2):
         return False
     rows = (np.arange(len(files)) if verify
             else np.unique(np.linspace(0, len(files) - 1, min(STAT_SAMPLE, len(files))).astype(int)))
     return bool((_stats([files[i] for i in rows]) == recorded[rows]).all())
+
+
+def _check_large(files: list[Path], path: Path, verify: bool, log) -> None:
+    """A large set's cache (or its partial build) is kept only while its files are those it was made of; the sizes
+    and times are recorded before a build starts, so that a resumed build is checked too."""
+    started = path.is_file() or sidecar(path, ".partial").is_file()
+    if started and _same_files(files, path, verify):
+        return
+    if started:
+        if log is not None:
+            log(f"files changed since the image cache {path.name} was started: building it again")
+        remove_cache(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_npy(sidecar(path, ".stats"), _stats(files))
 
 
 def open_images(files: list[Path], size: int, resize: str = "pad", crop: bool = True,
@@ -271,23 +303,16 @@ def open_images(files: list[Path], size: int, resize: str = "pad", crop: bool = 
     file of a large set against the cache's record (default: ``SMALLCT_VERIFY_CACHE=1``).
     """
     files = [Path(f) for f in files]
-    nbytes = len(files) * 3 * size * size
-    store = choose_store(store, nbytes)
-    if cache is False:
+    if cache is False:  # no file to map: decoded into memory, whatever auto would choose
         if store == "disk":
             raise ValueError("--cache disk needs the decoded-image cache on disk (it was turned off)")
+        choose_store(store, 0)  # an unknown store is still an error
         return MemorySource(torch.from_numpy(decode_all(files, size, resize, crop, workers, progress)))
+    store = choose_store(store, len(files) * 3 * size * size)
     path = cache_path(files, size, resize, crop, None if cache is None else Path(cache))
-    if len(files) > STAT_ALL and path.is_file():
-        verify = os.environ.get("SMALLCT_VERIFY_CACHE") == "1" if verify is None else verify
-        if not _verify_stats(files, path, verify):
-            if log is not None:
-                log(f"files changed since the image cache {path.name} was built: building it again")
-            _sidecar(path, ".stats").unlink(missing_ok=True)
-            path.unlink(missing_ok=True)
+    if len(files) > STAT_ALL:
+        _check_large(files, path, os.environ.get("SMALLCT_VERIFY_CACHE") == "1" if verify is None else verify, log)
     build_cache(files, size, resize, crop, path, workers, progress, log)
-    if len(files) > STAT_ALL and not _sidecar(path, ".stats").is_file():
-        _record_stats(files, path)  # of a new cache
     if store == "memory":
         return MemorySource(torch.from_numpy(np.load(path)))
     return DiskSource(path)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from smallct.config.run import GROUP_SIMILAR
-from smallct.data.cache import open_images
+from smallct.data.cache import open_images, sidecar
 from smallct.data.source import BatchSource, DiskSource, as_source
 from smallct.io.files import move_into_place, temporary_path
 from smallct.evaluation.intervals import Units
@@ -68,7 +68,7 @@ def thumbnail_table(images: BatchSource | torch.Tensor, block: int = THUMB_BLOCK
     source = as_source(images)
     if not isinstance(source, DiskSource):
         return thumbnails(source, block=block).numpy()
-    path = source.path.with_name(f"{source.path.name}.thumbs{THUMBNAIL}")
+    path = sidecar(source.path, f".thumbs{THUMBNAIL}")  # removed with its cache (smallct.data.cache.SIDECARS)
     shape = (len(source), THUMBNAIL * THUMBNAIL)
     try:
         table = np.load(path, mmap_mode="r")
@@ -79,6 +79,9 @@ def thumbnail_table(images: BatchSource | torch.Tensor, block: int = THUMB_BLOCK
     tmp = temporary_path(path)
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+    except OSError:  # a read-only cache folder: the thumbnails in memory
+        return thumbnails(source, block=block).numpy()
+    try:
         thumbnails(source, block=block, out=out)
         out.flush()
         del out

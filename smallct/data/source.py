@@ -70,10 +70,18 @@ class BatchSource:
         return self.batches((np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)), device)
 
 
-def _as_index(index) -> np.ndarray:
+def _as_index(index, n: int | None = None) -> np.ndarray:
+    """Row numbers (int64) of ``index``: integers, or a boolean mask of ``n`` rows."""
     if isinstance(index, torch.Tensor):
         index = index.cpu().numpy()
-    return np.asarray(index, dtype=np.int64).reshape(-1)
+    index = np.asarray(index).reshape(-1)
+    if index.dtype == bool:
+        if n is not None and len(index) != n:
+            raise IndexError(f"a mask of {len(index)} rows for a set of {n} images")
+        return np.flatnonzero(index)
+    if len(index) and not np.issubdtype(index.dtype, np.integer):
+        raise IndexError(f"rows must be integers or a boolean mask, not {index.dtype}")
+    return index.astype(np.int64, copy=False)
 
 
 class MemorySource(BatchSource):
@@ -81,13 +89,14 @@ class MemorySource(BatchSource):
 
     def __init__(self, images: torch.Tensor):
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"images: expected uint8 (N, 3, S, S), got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(f"images: expected uint8 (N, 3, S, S) as smallct.data.open_images gives, got "
+                             f"{images.dtype} {tuple(images.shape)}")
         self.tensor = images
         self.shape = tuple(images.shape)
         self._device: tuple[torch.device, torch.Tensor] | None = None
 
     def read(self, index) -> torch.Tensor:
-        return self.tensor[torch.from_numpy(_as_index(index))]
+        return self.tensor[torch.from_numpy(_as_index(index, len(self)))]
 
     def on(self, device: torch.device | None) -> torch.Tensor:
         """The whole set on ``device`` (moved there once)."""
@@ -101,7 +110,9 @@ class MemorySource(BatchSource):
         x = self.on(device)
         for index in index_lists:
             if not (isinstance(index, torch.Tensor) and index.device == x.device):
-                index = torch.as_tensor(_as_index(index), device=x.device)
+                index = torch.from_numpy(_as_index(index, len(self)))
+                if x.device.type == "cuda":  # copied without waiting for the queued steps
+                    index = index.pin_memory().to(x.device, non_blocking=True)
             yield x[index]
 
     def __getstate__(self):
@@ -112,7 +123,7 @@ class Subset(BatchSource):
     """The rows ``index`` of another source (a fold's training or test images)."""
 
     def __init__(self, parent: BatchSource, index):
-        index = _as_index(index)
+        index = _as_index(index, len(parent))
         if len(index) and (index.min() < 0 or index.max() >= len(parent)):
             raise IndexError(f"rows {index.min()}..{index.max()} of a set of {len(parent)} images")
         if isinstance(parent, Subset):  # one level: a subset of a subset reads its grandparent's rows
@@ -121,10 +132,10 @@ class Subset(BatchSource):
         self.shape = (len(index), *parent.shape[1:])
 
     def read(self, index) -> torch.Tensor:
-        return self.parent.read(self.index[_as_index(index)])
+        return self.parent.read(self.index[_as_index(index, len(self))])
 
     def batches(self, index_lists, device=None):
-        return self.parent.batches((self.index[_as_index(i)] for i in index_lists), device)
+        return self.parent.batches((self.index[_as_index(i, len(self))] for i in index_lists), device)
 
 
 class DiskSource(BatchSource):
@@ -138,6 +149,7 @@ class DiskSource(BatchSource):
         self.prefetch = prefetch
         self._array: np.ndarray | None = None
         self._pid: int | None = None
+        self.shape: tuple[int, ...] = ()
         self.shape = tuple(self.array.shape)
 
     @property
@@ -147,7 +159,10 @@ class DiskSource(BatchSource):
             array = np.load(self.path, mmap_mode="r")
             if array.dtype != np.uint8 or array.ndim != 4:
                 raise ValueError(f"{self.path}: expected uint8 (N, 3, S, S) images, found {array.dtype} "
-                                 f"{array.shape}")
+                                 f"{array.shape}; delete it and it is decoded again")
+            if self.shape and tuple(array.shape) != self.shape:  # opened again in a worker: the same file?
+                raise ValueError(f"{self.path}: holds {tuple(array.shape)} images, {self.shape} when this run "
+                                 "opened it (changed meanwhile): run again")
             self._array, self._pid = array, os.getpid()
         return self._array
 
@@ -155,7 +170,7 @@ class DiskSource(BatchSource):
         return {"path": self.path, "prefetch": self.prefetch, "shape": self.shape, "_array": None, "_pid": None}
 
     def read(self, index) -> torch.Tensor:
-        index = _as_index(index)
+        index = _as_index(index, len(self))
         order = np.argsort(index, kind="stable")
         rows = self.array[index[order]]  # sorted: the file read front to back
         out = np.empty_like(rows)

@@ -250,46 +250,50 @@ def fit(model: nn.Module, x: BatchSource | torch.Tensor, y: torch.Tensor, cfg: T
         order = torch.randperm(n, generator=generator, device=device)
         steps = [order[b * bs:(b + 1) * bs] if b < steps_per_epoch - 1 else order[b * bs:]
                  for b in range(steps_per_epoch)]
-        images = x.batches(steps, device)  # a disk source reads the next batches while the model steps
+        host = order.cpu()  # the source reads by host indices: one copy an epoch (none on a CPU), no sync a step
+        # read ahead; closed with the epoch, or when a step fails
+        images = x.batches([host[b * bs:b * bs + len(idx)] for b, idx in enumerate(steps)], device)
         # sums stay on the device: no host-device synchronisation inside the epoch
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         seen = 0
         batches = _batch_bar(desc, epoch, cfg.epochs, steps_per_epoch, 0) if slow else None
-        for b in range(steps_per_epoch):
-            step_start = time.perf_counter()
-            idx = steps[b]
-            for group, base in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base * lr_factor(cfg, step, total, steps_per_epoch)
-            xb = augment(next(images).float(), cfg.augment, generator)
-            xb = augment_batch(xb, generator, **ingredients)
-            xb, mix = mix_batch(xb, cfg.mixup, cfg.cutmix, generator)
-            xb = normalize(xb, mean, std)
-            xb = xb.contiguous(memory_format=torch.channels_last)
-            yb = y[idx]
-            with _autocast(device, cfg.amp):
-                logits = forward(xb)
-                if mix is None:
-                    loss, counted = loss_fn(logits.float(), yb.float() if task == "multilabel" else yb), yb
-                else:
-                    loss, counted = _mixed_step(logits, yb, mix, task, loss_fn)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if ema is not None:
-                update_ema(ema, model, ema_decay(cfg.ema, step))
-            step += 1
-            total_loss += loss.detach() * len(idx)
-            correct += _correct(logits.detach(), counted, task)
-            seen += len(idx)
-            if slow is None and b == timed:
-                slow = progress and slow_epoch(time.perf_counter() - step_start, steps_per_epoch)
-                batches = _batch_bar(desc, epoch, cfg.epochs, steps_per_epoch, b + 1) if slow else None
-            elif batches is not None:
-                batches.update()
-        if batches is not None:
-            batches.close()
-        images.close()
+        try:  # the batches read ahead are dropped with the epoch, or when a step fails
+            for b in range(steps_per_epoch):
+                step_start = time.perf_counter()
+                idx = steps[b]
+                for group, base in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base * lr_factor(cfg, step, total, steps_per_epoch)
+                xb = augment(next(images).float(), cfg.augment, generator)
+                xb = augment_batch(xb, generator, **ingredients)
+                xb, mix = mix_batch(xb, cfg.mixup, cfg.cutmix, generator)
+                xb = normalize(xb, mean, std)
+                xb = xb.contiguous(memory_format=torch.channels_last)
+                yb = y[idx]
+                with _autocast(device, cfg.amp):
+                    logits = forward(xb)
+                    if mix is None:
+                        loss, counted = loss_fn(logits.float(), yb.float() if task == "multilabel" else yb), yb
+                    else:
+                        loss, counted = _mixed_step(logits, yb, mix, task, loss_fn)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if ema is not None:
+                    update_ema(ema, model, ema_decay(cfg.ema, step))
+                step += 1
+                total_loss += loss.detach() * len(idx)
+                correct += _correct(logits.detach(), counted, task)
+                seen += len(idx)
+                if slow is None and b == timed:
+                    slow = progress and slow_epoch(time.perf_counter() - step_start, steps_per_epoch)
+                    batches = _batch_bar(desc, epoch, cfg.epochs, steps_per_epoch, b + 1) if slow else None
+                elif batches is not None:
+                    batches.update()
+            if batches is not None:
+                batches.close()
+        finally:
+            images.close()
         total_loss = total_loss.item()  # a NaN or inf in any step carries into the sum
         if not math.isfinite(total_loss):
             raise FloatingPointError(f"loss is {total_loss / seen} at epoch {epoch + 1}: lower the learning rate")

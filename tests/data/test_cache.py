@@ -145,7 +145,9 @@ def test_a_build_killed_mid_chunk_resumes_with_its_finished_chunks_and_equals_an
     proc = _run(_DYING_BUILD, path, 11, *files)  # dies decoding image 11: chunks 0 and 1 written, 2 not
     assert proc.returncode == -9
     assert not path.exists()  # no final name for a partial cache
-    assert np.frombuffer(Path(f"{path}.chunks").read_bytes(), np.uint8).tolist() == [1, 1, 0, 0, 0]
+    record = Path(f"{path}.chunks").read_bytes()  # rows per chunk, then one byte per chunk
+    assert np.frombuffer(record[:4], "<u4").tolist() == [4]
+    assert np.frombuffer(record[4:], np.uint8).tolist() == [1, 1, 0, 0, 0]
 
     monkeypatch.setattr(cache, "chunk_rows", lambda size: 4)
     decoded, real = [], cache._preprocess_chw
@@ -171,8 +173,9 @@ def test_a_damaged_cache_is_said_and_rebuilt_never_read_as_images(images, tmp_pa
     np.testing.assert_array_equal(source.read(np.arange(6)).numpy(), _expected(images, 32))
     np.save(path, np.zeros((5, 3, 32, 32), np.uint8))  # a whole .npy of another shape
     lines.clear()
-    x = load_images(images, 32, cache=store, workers=1, progress=False)
-    np.testing.assert_array_equal(x.numpy(), _expected(images, 32))
+    x = open_images(images, 32, cache=store, workers=1, progress=False, log=lines.append)
+    assert any("is damaged (holds uint8 (5, 3, 32, 32)" in line for line in lines)
+    np.testing.assert_array_equal(x.tensor.numpy(), _expected(images, 32))
 
 
 _SMALL_DISK = """
@@ -257,3 +260,77 @@ def test_a_large_set_is_not_stated_at_every_start_but_a_changed_file_is_still_fo
     x = open_images(images, 32, cache=store, workers=1, progress=False, verify=True, log=lines.append)
     assert any("files changed since" in line for line in lines)
     assert (x.read([2]) == 255).all()
+
+
+def test_a_complete_cache_is_read_without_its_lock(images, tmp_path, monkeypatch):
+    """A cache folder shared read-only (or without file locks) still serves a finished cache."""
+    import smallct.data.cache as cache
+    store = tmp_path / "cache"
+    first = cache.open_images(images, 32, cache=store, workers=1, progress=False).tensor
+    monkeypatch.setattr(cache.fcntl, "flock", lambda *a: (_ for _ in ()).throw(PermissionError("read-only")))
+    assert torch.equal(cache.open_images(images, 32, cache=store, workers=1, progress=False).tensor, first)
+
+
+def test_decoding_holds_at_most_about_one_cache_chunk_in_flight(images, tmp_path, monkeypatch):
+    import smallct.data.cache as cache
+    asked = {}
+    real = cache.parallel_map
+    monkeypatch.setattr(cache, "parallel_map", lambda *a, **k: asked.update(k) or real(*a, **k))
+    monkeypatch.setattr(cache, "chunk_rows", lambda size: 64)
+    cache.build_cache(images, 32, path=tmp_path / "c" / "images-x.npy", workers=2, progress=False)
+    assert asked["max_chunk"] == 64 // (cache.IN_FLIGHT * 2)  # 4 chunks in flight per worker: 64 rows in all
+
+
+def test_no_disk_cache_decodes_into_memory_whatever_auto_would_choose(images, monkeypatch):
+    import smallct.data.source as sources
+    from smallct.data.cache import open_images
+    monkeypatch.setattr(sources, "AUTO_MEMORY_BYTES", 1)  # auto would say disk
+    x = open_images(images, 32, cache=False, workers=1, progress=False)
+    np.testing.assert_array_equal(x.tensor.numpy(), _expected(images, 32))
+    with pytest.raises(ValueError, match="--cache disk needs the decoded-image cache on disk"):
+        open_images(images, 32, cache=False, store="disk", workers=1, progress=False)
+
+
+def test_a_large_sets_rebuilt_cache_takes_its_thumbnails_and_a_damaged_record_along(images, tmp_path, monkeypatch):
+    """Above STAT_ALL files the key names paths only: a rebuild reuses the cache's name, so whatever lies beside it
+    (thumbnails, the record of sizes and times) must go with the old images."""
+    import smallct.data.cache as cache
+    from smallct.data.similar import thumbnail_table
+    monkeypatch.setattr(cache, "STAT_ALL", 3)
+    store = tmp_path / "cache"
+    old = thumbnail_table(cache.open_images(images, 32, cache=store, store="disk", workers=1, progress=False))
+    old = np.array(old)
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(images[2])
+    source = cache.open_images(images, 32, cache=store, store="disk", workers=1, progress=False, verify=True)
+    new = thumbnail_table(source)
+    assert not np.array_equal(new[2], old[2]) and np.array_equal(new[0], old[0])
+    np.testing.assert_array_equal(new, thumbnail_table(source.read(np.arange(6))))  # as from the images
+    path = source.path
+    Path(f"{path}.stats").write_bytes(b"\x93NUMPY half a record")  # a record cut short
+    lines = []
+    again = cache.open_images(images, 32, cache=store, store="disk", workers=1, progress=False, log=lines.append)
+    assert any("files changed since" in line for line in lines)  # read as unknown: built again, no crash
+    np.testing.assert_array_equal(again.read(np.arange(6)).numpy(), _expected(images, 32))
+
+
+def test_a_partial_build_of_a_large_set_is_not_resumed_over_changed_files(phantom_dir, tmp_path, monkeypatch):
+    import smallct.data.cache as cache
+    monkeypatch.setattr(cache, "STAT_ALL", 3)
+    files = []
+    for i, f in enumerate(sorted(phantom_dir.glob("*.png"))[:18]):
+        files.append(tmp_path / "set" / f.name)
+        files[-1].parent.mkdir(exist_ok=True)
+        shutil.copy2(f, files[-1])
+    store = tmp_path / "cache"
+    path = cache.cache_path(files, 32, cache=store)
+    proc = _run("import smallct.data.cache as c; c.STAT_ALL = 3\n" + _DYING_BUILD.replace(
+        "c.build_cache(files, 32, path=Path(sys.argv[1]), workers=1, progress=False)",
+        "c.open_images(files, 32, cache=Path(sys.argv[1]).parent, workers=1, progress=False)"), path, 11, *files)
+    assert proc.returncode == -9 and Path(f"{path}.partial").exists() and Path(f"{path}.stats").exists()
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(files[1])  # in a finished chunk
+    monkeypatch.setattr(cache, "chunk_rows", lambda size: 4)
+    lines = []
+    x = cache.open_images(files, 32, cache=store, workers=1, progress=False, verify=True, log=lines.append)
+    assert any("files changed since" in line for line in lines)
+    assert (x.read([1]) == 255).all()
+    np.testing.assert_array_equal(x.read(np.arange(18)).numpy(), _expected(files, 32))

@@ -136,3 +136,24 @@ def test_fit_and_predict_give_bit_identical_results_from_memory_and_from_disk(ro
     model = create_model("resnet18", 2, resolve_weights("resnet18", "none"))
     h3 = fit(model, x[train], y[train], cfg, (0.5,) * 3, (0.25,) * 3, seed=3, val=(x[test], y[test]), progress=False)
     assert [r["train_loss"] for r in h3] == [r["train_loss"] for r in h1]
+
+
+def test_a_boolean_mask_selects_its_true_rows_and_other_kinds_are_refused(rows):
+    x, path = rows
+    mask = np.zeros(20, bool)
+    mask[[2, 5, 11]] = True
+    for source in (MemorySource(x), DiskSource(path)):
+        assert torch.equal(source.take(mask).read([0, 1, 2]), x[[2, 5, 11]])
+        assert torch.equal(source.read(mask), x[[2, 5, 11]])
+        with pytest.raises(IndexError, match="a mask of 3 rows for a set of 20"):
+            source.take(np.ones(3, bool))
+        with pytest.raises(IndexError, match="integers or a boolean mask"):
+            source.read(np.array([0.5, 1.0]))
+
+
+def test_a_disk_source_reopened_over_a_changed_file_says_so(rows, tmp_path):
+    x, path = rows
+    source = pickle.loads(pickle.dumps(DiskSource(path)))  # as a worker receives it
+    np.save(path, np.zeros((4, 3, 8, 8), np.uint8))  # the cache built again meanwhile
+    with pytest.raises(ValueError, match="holds .4, 3, 8, 8. images, .20, 3, 8, 8. when this run opened it"):
+        source.read([0])
