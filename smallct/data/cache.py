@@ -60,9 +60,8 @@ def cache_key(files: list[Path], size: int, resize: str, crop: bool) -> str:
     (sizes and times are checked against the ``.stats`` kept beside the cache)."""
     h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{resize}|{crop}".encode())
     if len(files) <= STAT_ALL:
-        for path in files:
-            st = Path(path).stat()
-            h.update(f"|{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        for path, (nbytes, mtime) in zip(files, _stats(files)):
+            h.update(f"|{Path(path).resolve()}|{nbytes}|{mtime}".encode())
     else:
         h.update(f"|paths{len(files)}".encode())
         for path in files:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from smallct.config.run import GROUP_SIMILAR
 from smallct.data.cache import open_images, sidecar
 from smallct.data.source import BatchSource, DiskSource, as_source
-from smallct.io.files import move_into_place, temporary_path
+from smallct.io.files import atomic_write
 from smallct.evaluation.intervals import Units
 
 DEFAULT_THRESHOLD = GROUP_SIMILAR  # Pearson correlation of 64 px grey thumbnails (after crop and pad)
@@ -76,18 +76,14 @@ def thumbnail_table(images: BatchSource | torch.Tensor, block: int = THUMB_BLOCK
             return table
     except (OSError, ValueError):
         pass  # none yet, or a damaged one: made again
-    tmp = temporary_path(path)
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        with atomic_write(path) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+            thumbnails(source, block=block, out=out)
+            out.flush()
+            del out
     except OSError:  # a read-only cache folder: the thumbnails in memory
         return thumbnails(source, block=block).numpy()
-    try:
-        thumbnails(source, block=block, out=out)
-        out.flush()
-        del out
-        move_into_place(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return np.load(path, mmap_mode="r")
 
 
