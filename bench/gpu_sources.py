@@ -62,7 +62,7 @@ from smallct.config import TrainConfig  # noqa: E402
 from smallct.data.augmentations import PER_IMAGE, augment_batch, mix_batch  # noqa: E402
 from smallct.data.source import PREFETCH, BatchSource, DiskSource, MemorySource, available_memory  # noqa: E402
 from smallct.data.transforms import augment, normalize  # noqa: E402
-from smallct.engine.train import _autocast, _correct, _loss_fn, fit, lr_factor, make_optimizer  # noqa: E402
+from smallct.engine.train import _autocast, _correct, loss_function, fit, lr_factor, make_optimizer  # noqa: E402
 from smallct.models import create_model, resolve_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +165,7 @@ def plain_epoch(model, x: BatchSource, y: torch.Tensor, cfg: TrainConfig, mean, 
     steps_per_epoch = n // bs if n % bs < 2 else n // bs + 1
     optimizer = make_optimizer(model, cfg)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    loss_fn = _loss_fn("binary", cfg.label_smoothing)
+    loss_fn = loss_function("binary", cfg.label_smoothing)
     ingredients = {k: getattr(cfg, k) for k in PER_IMAGE}
     model.train()
     order = torch.randperm(n, generator=generator, device=device)

@@ -14,11 +14,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"  # mlflow 3.x sends usage telemetry by default (read on import)
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
+from smallct import cv, prepare
 from smallct.config.run import CVConfig, DataConfig, TrainConfig
+from smallct.datasets.synthetic_dicom import write_synthetic_rsna
 from smallct.datasets.phantom import write_phantom_png_set
 from smallct.engine.cv import run_cv
 
@@ -119,3 +122,39 @@ def write_easy_set(folder: Path, n: int = 40, seed: int = 0) -> Path:
 def easy_set(tmp_path) -> Path:
     """:func:`write_easy_set` in this test's folder (used by the few-shot and learning-curve tests)."""
     return write_easy_set(tmp_path / "easy")
+
+
+# A sequence model's runs (tests/engine/test_sequence.py, test_stacking.py)
+RSNA_CV = ["--task", "multilabel", "--arch", "resnet18", "--weights", "none", "--img-size", "16", "--batch-size", "16",
+           "--augment", "none", "--folds", "3", "--workers", "1", "--threads", "1", "--no-test-curves",
+           "--no-tensorboard", "--no-progress"]
+
+
+def permute_labels(labels_csv, seed: int = 0) -> None:
+    """Give every image the six labels of another image, drawn at random (stage_2_train.csv long format)."""
+    table = pd.read_csv(labels_csv)
+    image, subtype = table["ID"].str.rsplit("_", n=1).str[0], table["ID"].str.rsplit("_", n=1).str[1]
+    ids = sorted(set(image))
+    other = dict(zip(ids, np.random.default_rng(seed).permutation(ids)))
+    table["ID"] = [f"{other[i]}_{s}" for i, s in zip(image, subtype)]
+    table.to_csv(labels_csv, index=False)
+
+
+@pytest.fixture(scope="session")
+def rsna_permuted_runs(tmp_path_factory, one_thread):
+    """A synthetic RSNA set (12 patients x 6 slices, prepared at 16 px) whose labels are PERMUTED across slices (no
+    image says anything of its labels), and two finished 3-fold cv runs on it: ``permuted`` (resnet18 trained long
+    enough to memorise its training slices) and ``tiny`` (one epoch); the sequence model's tests."""
+    root = tmp_path_factory.mktemp("sequence")
+    synthetic = write_synthetic_rsna(root / "dicom", n_patients=12, slices_per_series=6, seed=0)
+    permute_labels(synthetic["labels"])
+    data = ["--data", str(root / "prepared")]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SMALLCT_CACHE", str(tmp_path_factory.getbasetemp() / "smallct-cache"))
+        assert prepare.main(["rsna", "--dicom", str(synthetic["root"]), "--labels", str(synthetic["labels"]),
+                             "--out", str(root / "prepared"), "--size", "16", "--workers", "1", "--no-progress"]) == 0
+        # long enough, at a high rate, without augmentation, for resnet18 to memorise its training slices' labels
+        assert cv.main([*data, *RSNA_CV, "--epochs", "12", "--lr", "0.003", "--no-tta", "--out",
+                        str(root / "permuted")]) == 0
+        assert cv.main([*data, *RSNA_CV, "--epochs", "1", "--out", str(root / "tiny")]) == 0
+    return {"permuted": root / "permuted", "tiny": root / "tiny", "root": root}

@@ -2,7 +2,8 @@
 
 ``predict``: :func:`~smallct.apply.predict.predict` (the fold models of one or more runs, averaged; not
 re-exported here, its module has its name), :func:`model_inputs` (files to
-a run's model input), :func:`rsna_submission`; ``explain``: :func:`grad_cam`, :func:`explain_oof`,
+a run's model input); ``submission``: :func:`rsna_submission` (a row for every image); ``explain``:
+:func:`grad_cam`, :func:`explain_oof`,
 :func:`explain_images`; ``export``: :func:`export_run` (ONNX or TorchScript, normalisation inside).
 """
 
@@ -13,6 +14,7 @@ __all__, __getattr__, __dir__ = exports(__name__, {
         "write_explanations"],
     "smallct.apply.export": ["Deployable", "contract_path", "deployable", "export_module", "export_run",
         "read_contract", "run_exported"],
-    "smallct.apply.predict": ["check_compatible", "find_inputs", "fold_probabilities", "image_ids", "load_models",
-        "model_inputs", "probability_columns", "rsna_submission", "select_checkpoints"],
+    "smallct.apply.predict": ["Unreadable", "check_compatible", "find_inputs", "fold_probabilities", "image_ids",
+        "load_models", "model_inputs", "probability_columns", "select_checkpoints"],
+    "smallct.apply.submission": ["fill_unreadable", "label_rates", "report_unreadable", "rsna_submission"],
 })

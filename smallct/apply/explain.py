@@ -40,7 +40,6 @@ from smallct.progress import tqdm
 from smallct.apply.predict import (fold_probabilities, image_ids, load_models, model_inputs, probability_columns,
                                    select_checkpoints)
 from smallct.data.transforms import normalize
-from smallct.data.cache import open_images
 from smallct.engine.run_folder import fold_name
 from smallct.engine.run_models import Run
 from smallct.engine.train import resolve_device
@@ -159,8 +158,11 @@ def explain_oof(run: Run, everything: bool = False, ids: Sequence[str] | None = 
     maps = np.zeros((len(chosen), size, size), np.float32)
     if not len(chosen):
         return table, images, maps
-    # read from the run's own cache (one batch source for the whole set), never a cache of the chosen few
-    images[:] = open_images(dataset.files, size, spec["resize"], spec["crop"], progress=progress).read(rows[chosen])
+    # read from the run's own cache (one batch source for the whole set), never a cache of the chosen few; a 2.5D
+    # run's model reads each slice with its neighbours, and its map is drawn over the slice itself
+    slices, inputs = run.images(dataset, progress=progress, log=log)
+    images[:] = slices.read(rows[chosen])
+    x = inputs.read(rows[chosen])
     table["model"] = [fold_name(repeat, fold) for fold in table["fold"]]
     dev = resolve_device(device)
     for k, name in enumerate(tqdm(sorted(table["model"].unique()), desc="Grad-CAM per fold", unit="model",
@@ -168,7 +170,7 @@ def explain_oof(run: Run, everything: bool = False, ids: Sequence[str] | None = 
         at = np.flatnonzero(table["model"].to_numpy() == name)
         model = load_models(run, [run.checkpoint(name)], dev)[0]
         module = _layer(run, model, size, layer, log if k == 0 else _quiet)
-        maps[at] = grad_cam(model, images[at], spec["mean"], spec["std"], classes[chosen][at], module)
+        maps[at] = grad_cam(model, x[at], spec["mean"], spec["std"], classes[chosen][at], module)
     return table, images, maps
 
 
@@ -185,6 +187,10 @@ def explain_images(run: Run, files: Sequence[str | Path], target: str | None = N
     """
     files = [Path(f) for f in files]
     spec = run.input
+    if run.context is not None:
+        raise ValueError(f"{run.path}: a --context {run.context.k} run reads each slice with its neighbours, which new "
+                         "files do not give here; explain the run's own slices (smallct explain RUN), or use "
+                         "smallct.predict on a DICOM folder")
     images = model_inputs(files, spec, progress=progress, cache=False)
     dev = resolve_device(device)
     models = load_models(run, select_checkpoints(run), dev)

@@ -44,8 +44,9 @@ OPSET = 18  # the oldest opset torch's exporter writes natively (converting a re
 class Deployable(nn.Module):
     """Fold models with smallct's normalisation and output activation built in, probabilities averaged.
 
-    ``forward(image)``: float32 (N, 3, S, S) RGB 0..255 -> (N, C) probabilities; with ``tta`` each
-    model also sees the left-right mirror, as in :func:`smallct.engine.train.predict_proba`.
+    ``forward(image)``: float32 (N, 3, S, S) RGB 0..255 (a 2.5D run's: (N, channels, S, S), in the order its
+    contract names) -> (N, C) probabilities; with ``tta`` each model also sees the left-right mirror, as in
+    :func:`smallct.engine.train.predict_proba`.
     """
 
     def __init__(self, models: Sequence[nn.Module], mean, std, task: str, tta: bool = False):
@@ -55,6 +56,7 @@ class Deployable(nn.Module):
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.multilabel = task == "multilabel"
         self.tta = tta
+        self.channels = len(mean)  # 3, or a 2.5D input's (each slice with its neighbours)
 
     def _probs(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
@@ -86,7 +88,7 @@ def export_module(module: nn.Module, path: str | Path, img_size: int, fmt: str =
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.rand(2, 3, img_size, img_size) * 255
+    example = torch.rand(2, getattr(module, "channels", 3), img_size, img_size) * 255
     module = module.eval()
     if fmt == "onnx":
         if opset < OPSET:
@@ -148,6 +150,7 @@ def export_run(run: Run, out: str | Path, fmt: str | None = None, folds: Sequenc
         raise ValueError(f"{out}: say --format onnx or torchscript (or use the suffix .onnx or .pt)")
     module = deployable(run, folds, tta)
     size = int(run.input["img_size"])
+    channels, context = module.channels, run.input.get("context")
     export_module(module, out, size, fmt, opset)
     if fmt == "onnx":
         import onnx  # installed with onnxscript, which the export needs
@@ -158,8 +161,12 @@ def export_run(run: Run, out: str | Path, fmt: str | None = None, folds: Sequenc
         "run": str(run.path), "arch": run.arch, "task": run.task,
         "class_names": run.class_names, "positive_class": run.positive_class,
         "models": [c.name for c in select_checkpoints(run, folds)], "tta": module.tta, "run_tta": run_tta(run),
-        "input": {"name": "image", "shape": ["N", 3, size, size], "dtype": "float32",
-                  "values": "RGB 0..255 (normalisation inside)", "img_size": size, "resize": run.input["resize"],
+        "input": {"name": "image", "shape": ["N", channels, size, size], "dtype": "float32",
+                  "values": "RGB 0..255 (normalisation inside)" if context is None else
+                  "0..255, one channel per entry of channel_order: a slice and its neighbours in its series, each "
+                  "prepared as RGB 0..255 (the slice itself stands in beyond a series end or a gap)",
+                  "channel_order": ["R", "G", "B"] if context is None else context["order"],
+                  "context": context, "img_size": size, "resize": run.input["resize"],
                   "crop": run.input["crop"], "windows": run.input.get("windows"),
                   "preparation": "smallct.io.images.preprocess(image, img_size, resize, crop); DICOM: "
                                  "smallct.io.dicom.to_rgb(path, windows) first",
@@ -170,7 +177,7 @@ def export_run(run: Run, out: str | Path, fmt: str | None = None, folds: Sequenc
         "max_abs_difference": None,
     }
     if check:
-        image = (np.random.default_rng(0).random((2, 3, size, size)) * 255).astype(np.float32)
+        image = (np.random.default_rng(0).random((2, channels, size, size)) * 255).astype(np.float32)
         exported = run_exported(out, image)
         if exported is not None:
             with torch.no_grad():

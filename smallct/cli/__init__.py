@@ -12,13 +12,14 @@ import argparse
 import smallct
 from smallct import _legacy
 from smallct.cli.commands import (audit, compare, curve, cv, data, ensemble, explain, export, fewshot, nested,
-                                  predict, prepare, tune)
+                                  predict, prepare, sequence, tune)
 from smallct.cli.runner import Command, Parser, configure, execute, parse, run_module
 
 # In the order of the data's journey: prepare and check the data, learn, tune, study, compare and ensemble,
 # apply.
 COMMANDS: dict[str, Command] = {m.COMMAND.name: m.COMMAND for m in (
-    data, prepare, cv, nested, tune, fewshot, curve, audit, compare, ensemble, predict, explain, export)}
+    data, prepare, cv, nested, tune, fewshot, curve, audit, compare, ensemble, sequence, predict, explain,
+    export)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,7 @@ Optimizer = Literal["sgd", "adam", "adamw", "radam"]
 Schedule = Literal["step", "cosine", "onecycle", "constant", "flat_cos"]
 Augment = Literal["none", "flip", "affine"]
 Store = Literal["memory", "disk", "auto"]
+ContextChannels = Literal["window", "all"]
 
 # Pearson correlation of 64 px grey thumbnails at which two images count as near-duplicates and are kept in
 # one fold (smallct.data.similar). On the Head CT set it links 49 pairs.
@@ -127,6 +128,8 @@ class TrainConfig:
     amp: bool = option(True, "mixed precision on CUDA (ignored on CPU)")
     compile: bool = option(False, "torch.compile the model for training on CUDA (faster epochs after a compile of "
                                   "about a minute; ignored on CPU)")
+    reverse_neighbours: bool = option(True, "with --context: reverse the neighbour order of each training input with "
+                                            "probability 1/2 (a series read either way)")
 
     def __post_init__(self):
         validate(self)
@@ -162,6 +165,16 @@ class CVConfig:
                                           cli=False, file=False)
     test_curves: bool = option(True, "evaluate the test fold after every epoch for curves.png (--no-test-curves "
                                      "saves that time, about 10%; nothing is chosen on it)")
+    context: int = option(0, "2.5D input: each slice with the K slices on each side of it in its series, as channels "
+                             "(a folder prepared by smallct.prepare rsna; 0: each slice alone)", ge=0, metavar="K")
+    context_channels: ContextChannels = option(
+        "window", "with --context: window (each of the 2K+1 slices in --context-window; K=1: three channels) or all "
+                  "(every prepared window of every slice, 3 x (2K+1) channels)")
+    context_window: str = option("brain", "with --context-channels window: which of the prepared windows",
+                                 metavar="NAME")
+    smooth: int = option(1, "series smoothing: also report the out-of-fold figures after a centred rolling mean of "
+                            "each label over N slices of a series (odd; never across a gap; 1: none)", ge=1,
+                         metavar="N")
     tensorboard: bool = option(True, TENSORBOARD_HELP, file=False)
     mlflow: str | None = option(None, MLFLOW_HELP, metavar="URI", file=False, secret=True)
     data: DataConfig = field(default_factory=DataConfig)
@@ -169,20 +182,23 @@ class CVConfig:
 
     def __post_init__(self):
         validate(self)
+        if self.smooth % 2 == 0:
+            raise ValueError(f"--smooth {self.smooth}: expected an odd number of slices (1: none, 3: a slice and its "
+                             "two neighbours)")
 
 
 # The cross-validation settings, in the groups and order of their flags (cv, nested and tune show them so, and
 # best_params.json lists them so).
 CV_GROUPS = {
     "data": ["data", "labels", "id_col", "label_col", "class_names", "positive_class", "img_size", "resize", "crop",
-             "group_similar", "phantom_n", "task"],
+             "group_similar", "phantom_n", "task", "context", "context_channels", "context_window"],
     "model": ["arch", "weights", "offline", "freeze_epochs", "backbone_lr_mult"],
     "training": ["epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "step_size",
                  "gamma", "warmup_epochs", "flat_share", "label_smoothing", "augment", "vflip", "brightness",
                  "contrast", "gauss_noise", "salt_pepper", "erase", "mixup", "cutmix", "ema", "tta", "amp",
-                 "compile"],
+                 "compile", "reverse_neighbours"],
     "validation and run": ["folds", "repeats", "seed", "device", "threads", "workers", "cache", "out",
-                           "test_curves"],
+                           "test_curves", "smooth"],
     "tracking": ["tensorboard", "mlflow"],
 }
 

@@ -21,6 +21,8 @@ Pruner = Literal["median", "hyperband", "none"]
 # Embeddings of a frozen backbone (smallct.models.embeddings) and their transform before few-shot methods.
 Pooling = Literal["avg", "max", "avgmax", "multiscale"]
 Normalization = Literal["none", "l2", "center-l2", "standardize"]
+# Per-slice inputs of the sequence model over a series (smallct.sequence; smallct.engine.stacking).
+SequenceFeatures = Literal["logits", "embeddings", "both"]
 
 # Fine-tuning on a handful of images (smallct.fewshot, smallct.curve): few epochs, AdamW, cosine.
 FINETUNE_DEFAULTS = TrainConfig(epochs=10, batch_size=32, optimizer="adamw", lr=1e-3, weight_decay=0.05,
@@ -166,3 +168,36 @@ class CurveConfig:
 
     def __post_init__(self):
         validate(self)
+
+
+@dataclass
+class SequenceConfig:
+    """A sequence model over each series of a finished multi-label RSNA run (``smallct.sequence``,
+    :func:`smallct.engine.sequence.run_sequence`)."""
+
+    run: Path | None = option(None, "a finished smallct.cv run folder (multi-label RSNA)", cli=False, file=False)
+    out: Path | None = option(None, "the sequence folder (default RUN/sequence); the same folder resumes", file=False)
+    strict: bool = option(False, "describe the training series with inner models trained without the test fold "
+                                 "(honest; (folds - 1) x folds more CNN fits per repeat) instead of the run's fold "
+                                 "models (stacking)")
+    features: SequenceFeatures = option("logits", "per-slice inputs: the fold models' six logits, their pooled "
+                                                  "embeddings, or both")
+    epochs: int = option(60, "training epochs (fixed: nothing is chosen on a test fold)", ge=1)
+    hidden: int = option(64, "GRU width per direction (the 1st place of RSNA 2019: 96)", ge=1)
+    lr: float = option(3e-3, "Adam learning rate", gt=0)
+    batch_chains: int = option(8, "series per training step", ge=1)
+    drop: float = option(0.1, "share of slices dropped at random in training", ge=0, lt=1)
+    seed: int = option(0, "seed of the sequence models (with repeat and fold) and of the bootstrap", ge=0)
+    n_boot: int = option(1000, "bootstrap resamples of patients for the intervals", ge=100)
+    device: str = option("auto", "device of the fold models (embeddings, --strict): auto, cpu or cuda; the GRU runs "
+                                 "on the CPU", **DEVICE)
+    mode: str | None = option(None, "library only: in_fold (deliberately leaky, for tests) overrides --strict",
+                              cli=False, file=False)
+
+    def __post_init__(self):
+        validate(self)
+
+    @property
+    def how(self) -> str:
+        """Where the features come from: ``stacking``, ``strict`` or ``in_fold``."""
+        return self.mode or ("strict" if self.strict else "stacking")

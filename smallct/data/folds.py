@@ -66,6 +66,15 @@ class Folds:
     def folds(self) -> int:
         return int(self.assignment.max()) + 1
 
+    def separated(self, linked: np.ndarray) -> tuple[int, int] | None:
+        """The first ``(repeat, i)`` whose image ``i`` and image ``linked[i]`` fall in two folds (a series split by the
+        folds, ``linked`` being each slice's previous one), or None."""
+        apart = self.assignment[:, linked] != self.assignment
+        if not apart.any():
+            return None
+        r, i = np.nonzero(apart)
+        return int(r[0]), int(i[0])
+
     def split(self, repeat: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """``(fold, train indices, test indices)`` of every fold of ``repeat``."""
         for k in range(self.folds):
@@ -87,7 +96,7 @@ class Folds:
     def resampling_record(self) -> dict:
         """What ``run.json`` records for the intervals: the unit, how many, and each image's group."""
         units = self.units
-        return {**units.record(), "groups": None if units.groups is None else [int(g) for g in units.groups]}
+        return {**units.record(), "groups": None if units.groups is None else np.asarray(units.groups).tolist()}
 
 
 def scheme_note(a: dict, b: dict, names: tuple[str, str]) -> str | None:

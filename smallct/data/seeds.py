@@ -3,7 +3,8 @@
 The one place smallct turns ``--seed`` into the seed of a fold draw (:func:`fold_draw_seed`, which
 :func:`smallct.data.folds.fold_assignment` shuffles with) or of a fit: a fold model of cv, nested and
 tune and the audit's forests (:func:`fit_seed`), a learning-curve subset and its fine-tuning
-(:func:`subset_seed`), a few-shot fine-tuning episode (:func:`episode_seed`).
+(:func:`subset_seed`), a few-shot fine-tuning episode (:func:`episode_seed`), a sequence model over the series of
+a fold (:func:`sequence_seed`).
 
 Fold scheme 1 (smallct <= 0.3) shuffled repeat ``r`` with ``seed + r`` and built training seeds as
 ``seed * 1000 + r * 100 + fold``: seed 0's repeats 1-2 were seed 1's repeats 0-1, and (seed S, repeat 10)
@@ -22,7 +23,7 @@ FOLDS_SCHEME = 2  # run.json's "folds_scheme"; a run.json without it was made by
 SCHEMES = {1: "fold scheme 1, smallct <= 0.3", 2: "fold scheme 2"}
 
 # One tag per kind of draw, so that a fold draw and a fit never share a value by construction.
-_FOLDS, _FIT, _SUBSET, _EPISODE = range(4)
+_FOLDS, _FIT, _SUBSET, _EPISODE, _SEQUENCE = range(5)
 
 
 def _derived(seed: int, purpose: int, *keys: int) -> int:
@@ -65,3 +66,9 @@ def episode_seed(seed: int, shots: int, episode: int) -> int:
     if shots < 99 and episode < 1009:
         return int(seed) * 100003 + int(shots) * 1009 + int(episode)
     return _derived(seed, _EPISODE, shots, episode)
+
+
+def sequence_seed(seed: int, repeat: int, fold: int) -> int:
+    """Seed of the sequence model (``smallct.sequence``) trained outside fold ``fold`` of ``repeat``: its
+    initialisation, chain order, reversals and dropped slices. Derived for every value (no scheme 1 to keep)."""
+    return _derived(seed, _SEQUENCE, repeat, fold)

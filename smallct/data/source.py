@@ -37,6 +37,7 @@ class BatchSource:
     """Rows of an (N, 3, S, S) uint8 image set, read by index in the order asked."""
 
     shape: tuple[int, ...]
+    slice_channels = 0  # channels per slice of a 2.5D input (smallct.data.context); 0: a plain image
 
     def __len__(self) -> int:
         return int(self.shape[0])
@@ -70,7 +71,7 @@ class BatchSource:
         return self.batches((np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)), device)
 
 
-def _as_index(index, n: int | None = None) -> np.ndarray:
+def as_index(index, n: int | None = None) -> np.ndarray:
     """Row numbers (int64) of ``index``: integers, or a boolean mask of ``n`` rows."""
     if isinstance(index, torch.Tensor):
         index = index.cpu().numpy()
@@ -96,7 +97,7 @@ class MemorySource(BatchSource):
         self._device: tuple[torch.device, torch.Tensor] | None = None
 
     def read(self, index) -> torch.Tensor:
-        return self.tensor[torch.from_numpy(_as_index(index, len(self)))]
+        return self.tensor[torch.from_numpy(as_index(index, len(self)))]
 
     def on(self, device: torch.device | None) -> torch.Tensor:
         """The whole set on ``device`` (moved there once)."""
@@ -110,7 +111,7 @@ class MemorySource(BatchSource):
         x = self.on(device)
         for index in index_lists:
             if not (isinstance(index, torch.Tensor) and index.device == x.device):
-                index = torch.from_numpy(_as_index(index, len(self)))
+                index = torch.from_numpy(as_index(index, len(self)))
                 if x.device.type == "cuda":  # copied without waiting for the queued steps
                     index = index.pin_memory().to(x.device, non_blocking=True)
             yield x[index]
@@ -123,19 +124,20 @@ class Subset(BatchSource):
     """The rows ``index`` of another source (a fold's training or test images)."""
 
     def __init__(self, parent: BatchSource, index):
-        index = _as_index(index, len(parent))
+        index = as_index(index, len(parent))
         if len(index) and (index.min() < 0 or index.max() >= len(parent)):
             raise IndexError(f"rows {index.min()}..{index.max()} of a set of {len(parent)} images")
         if isinstance(parent, Subset):  # one level: a subset of a subset reads its grandparent's rows
             parent, index = parent.parent, parent.index[index]
         self.parent, self.index = parent, index
         self.shape = (len(index), *parent.shape[1:])
+        self.slice_channels = parent.slice_channels
 
     def read(self, index) -> torch.Tensor:
-        return self.parent.read(self.index[_as_index(index, len(self))])
+        return self.parent.read(self.index[as_index(index, len(self))])
 
     def batches(self, index_lists, device=None):
-        return self.parent.batches((self.index[_as_index(i, len(self))] for i in index_lists), device)
+        return self.parent.batches((self.index[as_index(i, len(self))] for i in index_lists), device)
 
 
 class DiskSource(BatchSource):
@@ -170,7 +172,7 @@ class DiskSource(BatchSource):
         return {"path": self.path, "prefetch": self.prefetch, "shape": self.shape, "_array": None, "_pid": None}
 
     def read(self, index) -> torch.Tensor:
-        index = _as_index(index, len(self))
+        index = as_index(index, len(self))
         order = np.argsort(index, kind="stable")
         rows = self.array[index[order]]  # sorted: the file read front to back
         out = np.empty_like(rows)

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from smallct.config.run import DataConfig
+from smallct.data.neighbours import Neighbours
 from smallct.datasets.classes import name_classes
 from smallct.datasets.known import HEAD_CT_CLASSES, known_classes
 from smallct.datasets.phantom import phantom_folder
@@ -47,7 +48,8 @@ class Dataset:
     ``labels`` is (N,) int class indices into ``class_names`` for binary/multiclass tasks, or
     (N, L) 0/1 for multi-label tasks (``class_names`` are then the label names). ``groups`` (N,)
     holds a patient id per image when known, so that folds never split a patient. ``positive_class``
-    is ``class_names[1]`` of a two-class set whose positive class is decided (None otherwise).
+    is ``class_names[1]`` of a two-class set whose positive class is decided (None otherwise). ``neighbours`` links
+    each image to the slices before and after it in its series (a prepared RSNA folder; None otherwise).
     """
 
     ids: list[str]
@@ -59,6 +61,7 @@ class Dataset:
     source: str = ""
     meta: dict = field(default_factory=dict)
     positive_class: str | None = None
+    neighbours: Neighbours | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -74,7 +77,8 @@ class Dataset:
             ids=[self.ids[i] for i in index], files=[self.files[i] for i in index],
             labels=self.labels[index], class_names=self.class_names, task=self.task,
             groups=None if self.groups is None else self.groups[index], source=self.source, meta=self.meta,
-            positive_class=self.positive_class)
+            positive_class=self.positive_class,
+            neighbours=None if self.neighbours is None else self.neighbours.take(index))
 
 
 def data_fingerprint(dataset: Dataset) -> str:
@@ -327,8 +331,10 @@ def read_manifest(folder: str | Path) -> Dataset:
         if bad:
             problems.append(f"labels other than 0/1: {_short(bad)}")
         names = list(LABELS)
-        if "patient" in table.columns:
-            groups = np.where(table["patient"] != "", table["patient"], table["id"]).astype(str)
+        if "patient" in table.columns:  # a slice without a patient keeps its series whole (else it stands alone)
+            alone = table["series"] if "series" in table.columns else table["id"]
+            alone = np.where(alone != "", alone, table["id"])
+            groups = np.where(table["patient"] != "", table["patient"], alone).astype(str)
     else:
         names = [str(c) for c in info["class_names"]] if "class_names" in info else None
         names, label_problems = _class_names(table["label"], str(path), names)
@@ -344,7 +350,18 @@ def read_manifest(folder: str | Path) -> Dataset:
     kind = info.get("kind", "?")
     return Dataset(ids=table["id"].tolist(), files=files, labels=labels, class_names=names, task=task,
                    groups=groups, source=f"{folder} (prepared by smallct.prepare {kind})",
-                   meta=dict(info.get("meta", {})))
+                   meta=dict(info.get("meta", {})), neighbours=_neighbours(table, path))
+
+
+def _neighbours(table: pd.DataFrame, path: Path) -> Neighbours | None:
+    """The manifest's ``prev`` / ``next`` rows (series order, :mod:`smallct.io.series`), checked; None without them."""
+    if not {"prev", "next"} <= set(table.columns):
+        return None
+    try:
+        return Neighbours(table["prev"].astype(np.int64).to_numpy(), table["next"].astype(np.int64).to_numpy())
+    except ValueError as err:
+        raise ValueError(f"{path}: columns prev/next are not the rows of slices in series order ({err}); run "
+                         "smallct.prepare again") from None
 
 
 # Readers of prepared folders, by the file that marks them.

@@ -34,6 +34,18 @@ EPS = 1e-15  # the competition clips probabilities to [EPS, 1 - EPS]
 _IMAGE_ID = r"ID_[0-9a-fA-F]+"
 
 
+def label_weights(class_names) -> tuple[float, ...] | None:
+    """The metric's weight of each of ``class_names`` when they are the six RSNA labels (in any order), else None.
+
+    RSNA runs train with the loss the metric asks for (``any`` x2); no resampling and no ``pos_weight``, which
+    shift calibration (no top solution did either).
+    """
+    names = [str(n) for n in class_names]
+    if sorted(names) != sorted(LABELS):
+        return None
+    return tuple(LABEL_WEIGHTS[n] for n in names)
+
+
 def _short(items, limit: int = 8) -> str:
     items = [str(i) for i in items]
     more = f", ... ({len(items)} in all)" if len(items) > limit else ""

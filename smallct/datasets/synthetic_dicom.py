@@ -27,7 +27,8 @@ from pydicom.dataset import FileMetaDataset
 
 from smallct.io.dicom import allow_rsna_uids
 from smallct.datasets.phantom import head_phantom_hu
-from smallct.datasets.rsna import SUBTYPES
+from smallct.datasets.rsna import LABELS, SUBTYPES
+from smallct.datasets.synthetic_lesions import draw_lesions, head_geometry, plan_lesions, slice_labels
 
 PADDING_RAW = -2000  # stored value outside the scan field (signed files), -3024 HU at intercept -1024
 
@@ -201,7 +202,9 @@ def tilted_geometry(tilt: float, start: float, n: int, spacing: float = 5.0) -> 
 
 
 def write_synthetic_rsna(out: str | Path, n_patients: int = 6, slices_per_series: int = 5, seed: int = 0,
-                         size: int = 64, tilt: float = 0.0) -> dict:
+                         size: int = 64, tilt: float = 0.0, *, lesions: str = "simple", contrast: float = 10.0,
+                         span: tuple[int, int] = (3, 8), rate: float = 0.5, noise: float = 4.0,
+                         formats: tuple[str, ...] | None = None) -> dict:
     """Write a small RSNA-like DICOM set and its ``labels.csv``; deterministic under ``seed``.
 
     Half the patients (rounded up) have a bleed: a hyperdense lesion on a run of adjacent slices,
@@ -222,15 +225,28 @@ def write_synthetic_rsna(out: str | Path, n_patients: int = 6, slices_per_series
     tilt
         Gantry tilt in degrees (:func:`tilted_geometry`): 0 gives axial slices 5 mm apart in z; otherwise the
         slices are 5 mm apart along their tilted normal and ImagePositionPatient[2] does not order them.
+    lesions
+        ``"simple"`` (the default, above) or ``"context"``: a set that needs series context
+        (:mod:`smallct.datasets.synthetic_lesions`): each series is one phantom head with fresh noise (``noise``
+        HU, sd) on every slice; a series bleeds with probability ``rate``, with 1-4 bleeds of a subtype each
+        (shares near RSNA's), each on a contiguous run of ``span`` slices, faint (``contrast`` HU above the
+        brain) and shaped by its subtype; the defaults give about 14% of slices with ``any`` at 40 slices per
+        series. ``contrast``, ``span``, ``rate`` and ``noise`` apply to ``"context"`` only.
+    formats
+        Encodings to cycle through (default :data:`FORMATS`); ``("int16",)`` writes a large set faster. The
+        bad-intercept and the truncated file are planted whatever ``formats``.
 
     Returns
     -------
     dict
         ``root`` (Path), ``labels`` (Path of labels.csv), ``files`` (sorted Paths), ``corrupt`` and
         ``quirk`` (image ids), ``formats`` ({image id: encoding}), ``series`` ({SeriesInstanceUID:
-        image ids in slice order along the normal: increasing z when untilted}). Files are named by their
-        random ids, so their names do not follow the slice order; no file has an InstanceNumber.
+        image ids in slice order along the normal: increasing z when untilted}), and with ``"context"``
+        ``lesions`` ({SeriesInstanceUID: its :class:`~smallct.datasets.synthetic_lesions.Lesion` list}). Files are
+        named by their random ids, so their names do not follow the slice order; no file has an InstanceNumber.
     """
+    if lesions not in ("simple", "context"):
+        raise ValueError(f"lesions={lesions!r}: expected 'simple' or 'context'")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n = n_patients * slices_per_series
@@ -238,15 +254,18 @@ def write_synthetic_rsna(out: str | Path, n_patients: int = 6, slices_per_series
         raise ValueError(f"n_patients={n_patients}, slices_per_series={slices_per_series}: need at least 2 "
                          "slices (one is truncated, one has the bad intercept)")
     # python-gdcm is the only encoder of JPEG Lossless (.70): without it that encoding is left out
-    formats = FORMATS if importlib.util.find_spec("gdcm") else tuple(f for f in FORMATS if f != "jpeg-lossless")
+    formats = tuple(FORMATS if formats is None else formats)
+    if not importlib.util.find_spec("gdcm"):
+        formats = tuple(f for f in formats if f != "jpeg-lossless") or ("int16",)
     rng = np.random.default_rng(seed)  # ids, labels, choices: the same whatever ``size``
-    noise = np.random.default_rng([seed, 1])
+    noise_sd, noise = noise, np.random.default_rng([seed, 1])  # the context set's noise sd; every set's noise
     taken: set[str] = set()
     image_ids = _hex_ids(rng, n, 9, taken)
     corrupt, quirk = (image_ids[i] for i in rng.choice(n, 2, replace=False))
     positive_patients = set(rng.permutation(n_patients)[: (n_patients + 1) // 2].tolist())
 
-    rows, files, kinds, series = ["ID,Label"], [], {}, {}
+    rows, files, kinds, series, planned = ["ID,Label"], [], {}, {}, {}
+    plan_rng = np.random.default_rng([seed, 2])  # the context set's bleeds: a stream of their own
     for p in range(n_patients):
         patient, = _hex_ids(rng, 1, 8, taken)
         study, series_uid = _hex_ids(rng, 2, 10, taken)
@@ -258,14 +277,23 @@ def write_synthetic_rsna(out: str | Path, n_patients: int = 6, slices_per_series
             start = int(rng.integers(0, slices_per_series - length + 1))
             bleed[start:start + length] = True
             subtypes = set(rng.choice(SUBTYPES, int(rng.integers(1, 3)), replace=False).tolist())
+        if lesions == "context":
+            planned[series_uid] = plan_lesions(plan_rng, slices_per_series, rate=rate, span=span)
+            present_by_slice = slice_labels(planned[series_uid], slices_per_series)
+            base = head_phantom_hu(size, rng=np.random.default_rng(head_seed)).astype(np.float64)
+            geometry = head_geometry(base)
         z0 = float(rng.uniform(-50, 50))
         orientation, positions = tilted_geometry(tilt, z0, slices_per_series)
         ids = image_ids[p * slices_per_series:(p + 1) * slices_per_series]
         series[series_uid] = ids
         for s, image_id in enumerate(ids):
             # one head per series: the same geometry (and lesion place) on every slice, fresh noise
-            hu = head_phantom_hu(size, lesion=bool(bleed[s]), rng=np.random.default_rng(head_seed))
-            hu = np.round(hu + noise.normal(0, 2.0, hu.shape)).astype(np.int32)
+            if lesions == "context":
+                hu = draw_lesions(base.copy(), geometry, planned[series_uid], s, contrast)
+                hu = np.round(hu + noise.normal(0, noise_sd, hu.shape)).astype(np.int32)
+            else:
+                hu = head_phantom_hu(size, lesion=bool(bleed[s]), rng=np.random.default_rng(head_seed))
+                hu = np.round(hu + noise.normal(0, 2.0, hu.shape)).astype(np.int32)
             k = p * slices_per_series + s
             fmt = "quirk" if image_id == quirk else formats[k % len(formats)]
             if image_id == corrupt:
@@ -283,8 +311,10 @@ def write_synthetic_rsna(out: str | Path, n_patients: int = 6, slices_per_series
             kinds[image_id] = fmt
             present = {t: int(bleed[s] and t in subtypes) for t in SUBTYPES}
             present["any"] = int(bleed[s])
+            if lesions == "context":
+                present = dict(zip(LABELS, present_by_slice[s].tolist()))
             rows += [f"{image_id}_{t},{present[t]}" for t in (*SUBTYPES, "any")]
     labels = out / "labels.csv"
     labels.write_text("\n".join(rows) + "\n")
     return {"root": out, "labels": labels, "files": sorted(files), "corrupt": corrupt, "quirk": quirk,
-            "formats": kinds, "series": series}
+            "formats": kinds, "series": series, **({"lesions": planned} if lesions == "context" else {})}

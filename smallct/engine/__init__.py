@@ -3,8 +3,9 @@
 ``train``: :func:`fit`, :func:`predict_proba`, :func:`resolve_device`; ``run_folder``: :class:`RunFolder`
 (names, writes and reads every file of a run); ``run_models``: :func:`load_run` (a run read back, its images
 read again), :func:`load_fold_model`; ``results``: the run's tables and pooled figures; ``estimate``: durations;
-``cv``: :func:`run_cv`; ``nested``: :func:`run_nested`; ``tracking``: :class:`Tracker` (TensorBoard and MLflow;
-``mlflow_run``: one MLflow run).
+``cv``: :func:`run_cv`; ``nested``: :func:`run_nested`; ``sequence``: :func:`run_sequence` (a GRU over each series,
+on ``stacking``'s out-of-fold per-slice features), :func:`apply_sequence`; ``tracking``: :class:`Tracker`
+(TensorBoard and MLflow; ``mlflow_run``: one MLflow run).
 """
 
 from smallct._lazy import exports
@@ -16,6 +17,8 @@ __all__, __getattr__, __dir__ = exports(__name__, {
     "smallct.engine.results": ["aggregate_results", "format_table", "oof_table"],
     "smallct.engine.run_folder": ["Checkpoint", "RunFolder", "fold_name", "parse_fold_name", "run_record"],
     "smallct.engine.run_models": ["Run", "load_fold_model", "load_run"],
+    "smallct.engine.sequence": ["SequenceConfig", "apply_sequence", "run_sequence"],
+    "smallct.engine.stacking": ["SliceFeatures", "feature_matrix", "model_outputs"],
     "smallct.engine.tracking": ["Tracker", "finish_cv", "result_metrics"],
     "smallct.engine.train": ["fit", "lr_factor", "make_optimizer", "predict_proba", "resolve_device",
         "time_training_step"],

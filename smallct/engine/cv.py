@@ -12,7 +12,7 @@ fold.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import torch
 from smallct.config.run import CVConfig
 from smallct.config.schema import flat
 from smallct.data.cache import open_images
+from smallct.data.context import Context, check_series
 from smallct.data.folds import Folds, check_fold_classes, make_folds
 from smallct.data.similar import Grouping
 from smallct.data.source import BatchSource, as_source
@@ -29,6 +30,7 @@ from smallct.data.seeds import fit_seed
 from smallct.datasets.classes import class_note
 from smallct.datasets.explore import size_note
 from smallct.datasets.folder import Dataset, load_data
+from smallct.datasets.rsna import label_weights
 from smallct.engine import results as tables
 from smallct.engine.estimate import estimate_seconds, fmt_duration, slow_on_cpu
 from smallct.engine.run_folder import RunFolder, fold_name, run_record
@@ -65,6 +67,12 @@ class FoldJob:
     device: torch.device
     folder: RunFolder
     progress: bool = True
+    context: Context | None = None
+
+    @property
+    def channels(self) -> int:
+        """Input channels of the model: 3, or a 2.5D input's (:mod:`smallct.data.context`)."""
+        return int(self.images.shape[1])
 
     def checkpoint_facts(self, repeat: int, fold: int) -> dict:
         """What a fold checkpoint records beside its weights: enough to rebuild and apply it."""
@@ -72,12 +80,34 @@ class FoldJob:
         return {"arch": cfg.arch, "num_outputs": len(dataset.class_names), "task": dataset.task,
                 "class_names": dataset.class_names, "repeat": repeat, "fold": fold, "img_size": self.img_size,
                 "resize": cfg.data.resize, "crop": cfg.data.crop, "mean": list(self.source.mean),
-                "std": list(self.source.std)}
+                "std": list(self.source.std), "channels": self.channels,
+                "context": None if self.context is None else self.context.record()}
 
 
 def check_task(cfg: CVConfig, dataset: Dataset) -> None:
     if cfg.task is not None and cfg.task != dataset.task:
         raise ValueError(f"--task {cfg.task}: the data ({dataset.source}) is a {dataset.task} task")
+
+
+def run_context(cfg: CVConfig, dataset: Dataset) -> Context | None:
+    """The 2.5D input of a run of ``cfg`` on ``dataset`` (``--context``), or None for single slices."""
+    if cfg.context == 0:
+        return None
+    check_series(cfg.context, dataset.neighbours, len(dataset), dataset.source)  # first: what --context needs
+    windows = dataset.meta.get("windows") or ("(not prepared from DICOM)",) * 3
+    return Context(cfg.context, cfg.context_channels, cfg.context_window, tuple(windows))
+
+
+def check_series_in_folds(dataset: Dataset, folds: Folds) -> None:
+    """Refuse, in one line, folds that split a series (its slices would be each other's 2.5D neighbours across a
+    training and a test fold)."""
+    links = dataset.neighbours
+    apart = folds.separated(links.prev)
+    if apart is not None:
+        r, i = apart
+        raise ValueError(f"--context {dataset.source}: slices {dataset.ids[links.prev[i]]} and {dataset.ids[i]} of one "
+                         f"series fall in two folds (repeat {r}); give every slice its patient in the manifest so "
+                         "that folds keep series whole")
 
 
 def folds_of(cfg: CVConfig, dataset: Dataset, progress: bool = True, log=print,
@@ -110,6 +140,10 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
     check_fold_classes(dataset, cfg.folds)  # a stray label: stops before any download or decoding
     source = resolve_weights(cfg.arch, cfg.weights, offline=cfg.offline)  # then: no weights, no run
     check_task(cfg, dataset)
+    context = run_context(cfg, dataset)  # before any decoding
+    if cfg.smooth > 1 and dataset.neighbours is None:
+        raise ValueError(f"--smooth {cfg.smooth}: {dataset.source} has no series order (prev/next) to smooth along; "
+                         "--smooth needs slices prepared from DICOM by smallct.prepare rsna")
     device = resolve_device(cfg.device)
     img_size = source.image_size(cfg.data.img_size)
     if images is None:
@@ -118,14 +152,19 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
     images = as_source(images)
     if tuple(images.shape) != (len(dataset), 3, img_size, img_size):
         raise ValueError(f"images: shape {tuple(images.shape)}, expected {(len(dataset), 3, img_size, img_size)}")
+    if context is not None:  # each slice with its neighbours, gathered from the per-slice images
+        images = context.source(images, dataset.neighbours, dataset.source)
+        source = replace(source, mean=context.stats(source.mean), std=context.stats(source.std))
     folds = folds_of(cfg, dataset, progress, log, grouping)
+    if context is not None:  # a training input must never carry a test slice as a neighbour
+        check_series_in_folds(dataset, folds)
     folder = RunFolder(cfg.out)
-    record = run_record(cfg, dataset, source, img_size, folds, device=device)
+    record = run_record(cfg, dataset, source, img_size, folds, device=device, context=context)
     if folder.is_nested():  # its results.json and oof.csv carry more than a cv run's
         raise ValueError(f"{folder.path}: holds a smallct.nested run; use another --out")
     tracker = Tracker.for_run(cfg, folder, parent)  # MLflow asked for but not installed: stops here
     folder.start(record, resuming=folder.check_resume(record))
-    job = FoldJob(cfg, dataset, source, img_size, images, device, folder, progress)
+    job = FoldJob(cfg, dataset, source, img_size, images, device, folder, progress, context)
     todo = [(r, k) for r in range(cfg.repeats) for k in range(cfg.folds) if not folder.is_done(r, k)]
     done = cfg.repeats * cfg.folds - len(todo)
     log(f"smallct.cv: {cfg.arch} ({source.description}), {len(dataset)} images at {img_size} px, "
@@ -156,7 +195,7 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
 def log_estimate(job: FoldJob, n_fits: int, log=print) -> None:
     """Print the expected duration of ``n_fits`` fits of ``job`` (and a hint when it is slow on a CPU)."""
     cfg, dataset = job.cfg, job.dataset
-    model = create_model(cfg.arch, len(dataset.class_names), job.source)
+    model = create_model(cfg.arch, len(dataset.class_names), job.source, job.channels)
     n_test = len(dataset) / cfg.folds
     seconds, rate = estimate_seconds(model, job.images, dataset.labels, cfg, job.source, dataset.task, job.device,
                                      len(dataset) - n_test, n_test, n_fits)
@@ -176,7 +215,7 @@ def train_fold(job: FoldJob, r: int, k: int, train: np.ndarray, test: np.ndarray
     cfg, dataset = job.cfg, job.dataset
     fold_seed = fit_seed(cfg.seed, r, k)
     torch.manual_seed(fold_seed)
-    model = create_model(cfg.arch, len(dataset.class_names), job.source)
+    model = create_model(cfg.arch, len(dataset.class_names), job.source, job.channels)
     labels = torch.as_tensor(dataset.labels)
     start = time.perf_counter()
     callback = None if on_epoch is None else (lambda rec: on_epoch(r, k, rec))
@@ -184,7 +223,8 @@ def train_fold(job: FoldJob, r: int, k: int, train: np.ndarray, test: np.ndarray
         history = fit(model, job.images.take(train), labels[train], cfg.train, job.source.mean, job.source.std,
                       dataset.task, seed=fold_seed, device=job.device,
                       val=(job.images.take(test), labels[test]) if cfg.test_curves else None, on_epoch=callback,
-                      desc=f"repeat {r + 1}/{cfg.repeats} fold {k + 1}/{cfg.folds}", progress=job.progress)
+                      desc=f"repeat {r + 1}/{cfg.repeats} fold {k + 1}/{cfg.folds}", progress=job.progress,
+                      label_weights=label_weights(dataset.class_names) if dataset.task == "multilabel" else None)
         probs = predict_proba(model, job.images.take(test), job.source.mean, job.source.std, dataset.task,
                               cfg.train.tta, device=job.device, amp=cfg.train.amp)
         if not np.isfinite(probs).all():

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from smallct.progress import tqdm
 
-from smallct.config.run import CVConfig, to_dict
+from smallct.config.run import CVConfig, to_dict, with_defaults
 from smallct.config.schema import flat
 from smallct.config.studies import NestedConfig
 from smallct.data.cache import open_images
@@ -87,6 +87,9 @@ def check_config(cfg: NestedConfig) -> None:
         if differ:
             raise ValueError(f"candidate {name}: {', '.join(differ)} differ from candidate {first_name}; every "
                              "candidate must see the same images and folds")
+        if c.context or c.smooth > 1:
+            raise ValueError(f"candidate {name}: --context and --smooth are smallct.cv's (and tune's) for now, not "
+                             "nested candidates'; compare them with smallct.cv runs on the same folds")
 
 
 def _outer_config(cfg: NestedConfig) -> CVConfig:
@@ -121,8 +124,9 @@ def _nested_differences(folder: RunFolder, record: dict) -> list[str]:
             raise ValueError(f"{folder.path}: holds a smallct.cv run, not a nested one; use another --out")
         return []
 
-    def settings(r: dict) -> dict:
-        return {n: {k: c.get(k) for k in SETTINGS_THAT_CHANGE_RESULTS} for n, c in r["candidates"].items()}
+    def settings(r: dict) -> dict:  # a setting absent from an older nested.json: its default now
+        return {n: {k: with_defaults(CVConfig, c).get(k) for k in SETTINGS_THAT_CHANGE_RESULTS}
+                for n, c in r["candidates"].items()}
     changed = [f"nested {k}" for k in ("inner_folds", "select", "threshold", "outer_model") if old.get(k) != record[k]]
     if old.get("inner_groups") != record["inner_groups"]:  # its inner runs' folds would differ half-way through
         changed.append("inner folds (the run there regrouped each outer training part: smallct <= 0.3)")

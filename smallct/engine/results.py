@@ -19,6 +19,8 @@ from smallct.evaluation.multilabel import multilabel_metrics
 
 CI_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "weighted_log_loss", "mean_auc")  # figures with an interval
 N_BOOT = 1000  # bootstrap resamples of the pooled figures
+SMOOTHED = ("each label's out-of-fold probability averaged over a centred window of {n} slices of its series, never "
+            "across a gap or a series end (the window cut short there); nothing chosen on a test fold")
 FIXED = "the model after the last epoch is evaluated at threshold 0.5 (no epoch or threshold is chosen on a test fold)"
 
 
@@ -100,6 +102,17 @@ def fold_figures(folds: list[dict], task: str, labels: np.ndarray, repeats: int,
     return out
 
 
+def smooth_folds(folds: list[dict], dataset: Dataset, n: int) -> list[dict]:
+    """The fold files with each test fold's probabilities smoothed over ``n`` slices of each series
+    (:meth:`smallct.data.neighbours.Neighbours.smooth`, among the fold's own slices) and its metrics again."""
+    out = []
+    for f in folds:
+        test = np.asarray(f["test_index"])
+        probs = dataset.neighbours.take(test).smooth(np.asarray(f["probs"]), n)
+        out.append({**f, "probs": probs.tolist(), "metrics": fold_metrics(dataset, dataset.labels[test], probs)})
+    return out
+
+
 def settings_selection(cfg: CVConfig, dataset: Dataset) -> tuple[str, str | None]:
     """What a run chose, and on which images: ``results.json``'s ``selection``, and one console line (None: nothing
     to warn of) when the ``--params`` settings were chosen or compared on these same images, or do not say where.
@@ -136,6 +149,11 @@ def aggregate_results(folds: list[dict], dataset: Dataset, cfg: CVConfig, units:
     units = units if units is not None else Units(len(dataset))
     complete = len(folds) == cfg.folds * cfg.repeats
     figures = fold_figures(folds, dataset.task, dataset.labels, cfg.repeats, units, cfg.seed, complete)
+    smooth = getattr(cfg, "smooth", 1)
+    if smooth > 1 and dataset.neighbours is not None:
+        smoothed = fold_figures(smooth_folds(folds, dataset, smooth), dataset.task, dataset.labels, cfg.repeats, units,
+                                cfg.seed, complete)
+        figures["smoothed"] = {"slices": smooth, "how": SMOOTHED.format(n=smooth), **smoothed}
     return {
         "task": dataset.task,
         "class_names": dataset.class_names,
@@ -171,6 +189,10 @@ def format_table(results: dict) -> str:
         lines.append(f"{'pooled':>8} " + " ".join(f"{results['pooled_oof'][n]:>9.3f}" for n in names))
         for n, (lo, hi) in results["pooled_oof_ci95"].items():
             lines.append(f"pooled out-of-fold {n}: {results['pooled_oof'][n]:.3f} (95% CI {lo:.3f}-{hi:.3f})")
+        smoothed = results.get("smoothed", {})
+        for n, (lo, hi) in smoothed.get("pooled_oof_ci95", {}).items():
+            lines.append(f"smoothed over {smoothed['slices']} slices, pooled out-of-fold {n}: "
+                         f"{smoothed['pooled_oof'][n]:.3f} (95% CI {lo:.3f}-{hi:.3f})")
         unit = results.get("ci_resampled")
         if unit:
             lines.append(f"intervals: bootstrap over {unit['n_units']} {unit['unit']}"

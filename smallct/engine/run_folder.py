@@ -12,6 +12,7 @@ A cross-validation run (``smallct.cv``, ``smallct.nested``, each trial of ``smal
 ``results.json``  per-fold metrics, mean and std over folds, pooled out-of-fold metrics with 95% CI;
 ``roc.png``, ``confusion.png``, ``tensorboard/`` (:mod:`smallct.engine.tracking`)
 ``inner/r{repeat}_f{fold}/{candidate}/``  a nested run's inner runs (run folders themselves)
+``sequence.json``, ``features/``, ``per_label_auc.png``  a sequence folder's (:mod:`smallct.engine.sequence`)
 
 :class:`RunFolder` holds these names (as MONAI's ``FolderLayout``); nothing else builds a path into a run folder
 or parses one. Reading a run back for use (its fold models, its images again) is
@@ -37,6 +38,7 @@ import smallct
 from smallct.config.run import CVConfig, to_dict, with_defaults
 from smallct.data.folds import Folds, scheme_note
 from smallct.datasets.folder import Dataset, same_ids
+from smallct.datasets.rsna import label_weights
 from smallct.evaluation.intervals import Units
 from smallct.io.files import atomic_csv, atomic_json
 from smallct.models.weights import WeightSource
@@ -95,6 +97,10 @@ class RunFolder:
     roc_png = property(lambda self: self.path / "roc.png")
     confusion_png = property(lambda self: self.path / "confusion.png")
     tensorboard_dir = property(lambda self: self.path / "tensorboard")
+    # a sequence folder (smallct.sequence): its settings, the fold models' features kept, its figures
+    sequence_json = property(lambda self: self.path / "sequence.json")
+    features_dir = property(lambda self: self.path / "features")
+    per_label_png = property(lambda self: self.path / "per_label_auc.png")
 
     def fold_file(self, repeat: int, fold: int) -> Path:
         return self.folds_dir / f"{fold_name(repeat, fold)}.json"
@@ -135,6 +141,14 @@ class RunFolder:
 
     def _fold_files(self) -> list[Path]:
         return sorted(p for p in self.folds_dir.glob("r*_f*.json") if parse_fold_name(p.stem))
+
+    def read_fold(self, repeat: int, fold: int) -> dict:
+        """The file of fold (repeat, fold); ``ValueError`` naming it when the fold has not finished."""
+        path = self.fold_file(repeat, fold)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such fold file; the run has not finished (run the same command again to "
+                             "complete it)")
+        return json.loads(path.read_text())
 
     def read_folds(self) -> list[dict]:
         """Every finished fold's file, in the order of their names."""
@@ -229,6 +243,12 @@ class RunFolder:
         changed = [*differences, *(k for k in SETTINGS_THAT_CHANGE_RESULTS if was.get(k) != now.get(k))]
         if old["folds"] != record["folds"]:
             changed.append(scheme_note(old, record, ("the run there", "this run")) or "fold assignment (data)")
+        # the 2.5D input (--context, --context-channels, --context-window) is a top-level setting, not data/train's
+        if (old.get("input") or {}).get("context") != (record.get("input") or {}).get("context"):
+            changed.append("the 2.5D input (--context, --context-channels, --context-window)")
+        if old.get("label_weights") != record.get("label_weights"):  # absent: trained before smallct 0.6 weighted
+            changed.append(f"the loss's label weights ({old.get('label_weights')} there, "
+                           f"{record.get('label_weights')} now)")
         changed += [f"{k} {old[k]} there, {record.get(k)} now: resume with --{k} {old[k]}"
                     for k in MACHINE_THAT_CHANGES_RESULTS if k in old and old[k] != record.get(k)]
         if changed and not self.has_finished_folds():
@@ -271,10 +291,12 @@ def versions() -> dict:
 
 
 def run_record(cfg: CVConfig, dataset: Dataset, source: WeightSource, img_size: int, folds: Folds, *,
-               device: torch.device) -> dict:
+               device: torch.device, context=None) -> dict:
     """The content of ``run.json``: enough to rebuild and apply every fold model, and the groups its folds
     keep whole (``resampling``: what the intervals of its figures resample). ``device`` and ``threads`` (torch's
-    thread count now) are recorded because the same settings give other figures with others."""
+    thread count now) are recorded because the same settings give other figures with others. ``context``: the
+    2.5D input (:class:`smallct.data.context.Context`; its channel count and order), or None for single slices."""
+    weights = label_weights(dataset.class_names) if dataset.task == "multilabel" else None
     return {
         "config": to_dict(cfg),
         "arch": cfg.arch,
@@ -288,8 +310,11 @@ def run_record(cfg: CVConfig, dataset: Dataset, source: WeightSource, img_size: 
                   "channels": dataset.meta.get("channels", "RGB uint8 from smallct.io.images.preprocess"),
                   "windows": dataset.meta.get("windows"),
                   # side (px) of the PNGs smallct.prepare made from DICOM: predict repeats it for .dcm input
-                  "prepared_size": dataset.meta.get("size")},
+                  "prepared_size": dataset.meta.get("size"),
+                  "context": None if context is None else context.record()},
         "tta": cfg.train.tta,
+        # the multi-label loss's weight per label (RSNA: any x2, smallct 0.6); None: unweighted
+        "label_weights": None if weights is None else list(weights),
         "seed": cfg.seed,
         "data": {"source": dataset.source, "n_images": len(dataset), "synthetic": cfg.data.data is None},
         "folds": {"ids": dataset.ids, "assignment": folds.assignment.tolist()}, "folds_scheme": folds.scheme,

@@ -17,9 +17,13 @@ import torch
 from torch import nn
 
 from smallct.config.run import CVConfig, from_dict
+from smallct.data.cache import open_images
+from smallct.data.context import Context
+from smallct.data.source import BatchSource
 from smallct.datasets.folder import Dataset, load_data, same_ids
 from smallct.engine.run_folder import Checkpoint, RunFolder
 from smallct.models.registry import builder
+from smallct.models.stem import widen_stem
 
 
 @dataclass
@@ -56,6 +60,28 @@ class Run:
     def tta(self) -> bool:
         """Whether the test folds were evaluated with left-right TTA: what its fold models predict with by default."""
         return bool(self.record.get("tta", self.record.get("config", {}).get("train", {}).get("tta", False)))
+
+    @property
+    def smooth(self) -> int:
+        """The slices its reported out-of-fold figures were smoothed over (results.json's ``smoothed``; 1: none), which
+        predict repeats; before the run has finished, its ``--smooth``."""
+        if not self.folder.results_json.is_file():
+            return self.config.smooth
+        return int(self.results().get("smoothed", {}).get("slices", 1))
+
+    @property
+    def context(self) -> Context | None:
+        """The 2.5D input of its fold models (``--context``), or None: each slice alone."""
+        return Context.from_record(self.input.get("context"))
+
+    def images(self, dataset: Dataset, progress: bool = True, log=print) -> tuple[BatchSource, BatchSource]:
+        """The run's own images from its cache: ``(slices, inputs)``, the per-slice images (N, 3, S, S) and what
+        its fold models read (the same source, or each slice with its neighbours)."""
+        spec = self.input
+        slices = open_images(dataset.files, int(spec["img_size"]), spec["resize"], spec["crop"], progress=progress,
+                             log=log)
+        context = self.context
+        return slices, slices if context is None else context.source(slices, dataset.neighbours, str(self.path))
 
     @property
     def config(self) -> CVConfig:
@@ -128,7 +154,7 @@ def load_fold_model(path: str | Path, device: str | torch.device = "cpu") -> tup
     if not isinstance(ckpt, dict) or not {"model", "arch", "num_outputs"} <= set(ckpt):
         raise ValueError(f"{path}: not a smallct fold checkpoint (expected model, arch and num_outputs)")
     info = {k: v for k, v in ckpt.items() if k != "model"}
-    model = builder(info["arch"])(info["num_outputs"])
+    model = widen_stem(builder(info["arch"])(info["num_outputs"]), int(info.get("channels", 3)))
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as err:

@@ -22,6 +22,7 @@ from smallct.progress import tqdm
 
 from smallct.config.run import TrainConfig
 from smallct.data.augmentations import PER_IMAGE, Mix, augment_batch, mix_batch
+from smallct.data.context import reverse_neighbours
 from smallct.data.source import BatchSource, as_source
 from smallct.data.transforms import augment, normalize
 from smallct.evaluation.metrics import classification_metrics
@@ -117,11 +118,19 @@ def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> 
     raise ValueError(f"schedule {cfg.schedule!r}: expected step, cosine, onecycle, constant or flat_cos")
 
 
-def _loss_fn(task: str, label_smoothing: float) -> nn.Module:
+def loss_function(task: str, label_smoothing: float, label_weights=None) -> nn.Module:
     """BCE for multi-label, else cross-entropy: of class indices, or of (B, C) class probabilities (mixed targets;
-    label smoothing applies to both)."""
+    label smoothing applies to both).
+
+    ``label_weights`` (multi-label): one weight per label, scaled to a mean of 1 so that the loss is each image's
+    weighted average over its labels, averaged over images: the RSNA metric's form
+    (:func:`smallct.datasets.rsna.label_weights`).
+    """
     if task == "multilabel":
-        return nn.BCEWithLogitsLoss()
+        if label_weights is None:
+            return nn.BCEWithLogitsLoss()
+        w = torch.as_tensor(label_weights, dtype=torch.float32)
+        return nn.BCEWithLogitsLoss(weight=w / w.mean())
     return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
 
@@ -202,7 +211,8 @@ def predict_proba(model: nn.Module, x: BatchSource | torch.Tensor, mean, std, ta
 def fit(model: nn.Module, x: BatchSource | torch.Tensor, y: torch.Tensor, cfg: TrainConfig, mean, std,
         task: str = "binary", seed: int = 0, device: torch.device | None = None,
         val: tuple[BatchSource | torch.Tensor, torch.Tensor] | None = None,
-        on_epoch: Callable[[dict], None] | None = None, desc: str = "train", progress: bool = True) -> list[dict]:
+        on_epoch: Callable[[dict], None] | None = None, desc: str = "train", progress: bool = True,
+        label_weights=None) -> list[dict]:
     """Train ``model`` in place on uint8 images ``x`` (N, 3, H, W) and labels ``y``.
 
     ``x`` is a batch source, usually a set's source and the training rows (``source.take(train)``), or a tensor;
@@ -210,12 +220,14 @@ def fit(model: nn.Module, x: BatchSource | torch.Tensor, y: torch.Tensor, cfg: T
     (N, L) 0/1 for multi-label. ``val`` images are only
     evaluated (loss and accuracy per epoch, for the training-curves plot); nothing is chosen on
     them: the returned model is the one after the last epoch (with ``cfg.ema``, the average). ``on_epoch``
-    receives each epoch's record (a tuner reports it to its pruner and may raise to stop). Returns one record per
-    epoch.
+    receives each epoch's record (a tuner reports it to its pruner and may raise to stop). ``label_weights``: the
+    multi-label loss's weight per label (RSNA: ``any`` x2, :func:`smallct.datasets.rsna.label_weights`). Returns
+    one record per epoch.
 
     With ``cfg.ema`` the per-epoch evaluation uses the moving average of the weights, and ``model`` ends up holding
-    it. A frozen backbone (:func:`backbone_frozen`) keeps its BatchNorm running statistics. When the first step
-    says an epoch will take long (:func:`slow_epoch`), each epoch also shows a bar of its batches.
+    it. A frozen backbone (:func:`backbone_frozen`) keeps its BatchNorm running statistics. A 2.5D source
+    (:mod:`smallct.data.context`) has its neighbour order reversed at random (``cfg.reverse_neighbours``). When the
+    first step says an epoch will take long (:func:`slow_epoch`), each epoch also shows a bar of its batches.
     """
     device = device or torch.device("cpu")
     model.to(device)
@@ -233,9 +245,10 @@ def fit(model: nn.Module, x: BatchSource | torch.Tensor, y: torch.Tensor, cfg: T
     total = steps_per_epoch * cfg.epochs
     optimizer = make_optimizer(model, cfg)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    loss_fn = _loss_fn(task, cfg.label_smoothing)
+    loss_fn = loss_function(task, cfg.label_smoothing, label_weights).to(device)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
     ingredients = {k: getattr(cfg, k) for k in PER_IMAGE}
+    reverse = cfg.reverse_neighbours and x.slice_channels > 0
     history = []
     step = 0
     bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
@@ -264,7 +277,10 @@ def fit(model: nn.Module, x: BatchSource | torch.Tensor, y: torch.Tensor, cfg: T
                 idx = steps[b]
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * lr_factor(cfg, step, total, steps_per_epoch)
-                xb = augment(next(images).float(), cfg.augment, generator)
+                xb = next(images).float()
+                if reverse:  # a 2.5D input's slices read either way along the series
+                    xb = reverse_neighbours(xb, x.slice_channels, generator)
+                xb = augment(xb, cfg.augment, generator)
                 xb = augment_batch(xb, generator, **ingredients)
                 xb, mix = mix_batch(xb, cfg.mixup, cfg.cutmix, generator)
                 xb = normalize(xb, mean, std)
@@ -365,7 +381,7 @@ def time_training_step(model: nn.Module, x: BatchSource | torch.Tensor, y: torch
     """
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.to(device, memory_format=torch.channels_last).train()  # as in fit
-    loss_fn = _loss_fn(task, 0.0)
+    loss_fn = loss_function(task, 0.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
 
     def per_image(bs: int) -> float:

@@ -8,6 +8,8 @@
 * :func:`pooled_figures`: a figure of all images and its percentile bootstrap interval, for any
   ``figure(indices) -> {name: value}``; :func:`over_repeats` makes such a figure of repeated-CV
   predictions (the mean over repeats of the figure of each repeat's pooled out-of-fold predictions).
+* :func:`paired_figures`: the difference of two predictions' figures of the same images, with a paired interval
+  (the same resampled units for both).
 * :func:`t_interval`: mean, standard deviation and Student-t interval of the mean of repeated
   measurements (few-shot episodes, learning-curve folds).
 * :func:`nadeau_bengio`: the corrected resampled t-test of per-fold differences (Nadeau and Bengio 2003).
@@ -136,6 +138,26 @@ def pooled_figures(figure: Figure, units: int | Units, ci: Sequence[str], n_boot
     wanted = set(ci)
     values = bootstrap(lambda idx: {k: v for k, v in figure(idx).items() if k in wanted}, units, n_boot, seed)
     return point, {k: list(percentile_interval(v, level)) for k, v in values.items()}
+
+
+def paired_figures(figure_a: Figure, figure_b: Figure, units: int | Units, names: Sequence[str], n_boot: int = 1000,
+                   seed: int = 0, level: float = 0.95) -> dict[str, dict]:
+    """A paired comparison of two predictions of the same images: for each of ``names``, both figures of all
+    images, the difference ``B - A`` and its percentile interval over resamples that draw the same units for both
+    (resamples where either is undefined dropped). Returns ``{name: {"a", "b", "difference", "ci95"}}``."""
+    units = as_units(units)
+    everything = np.arange(units.n_images)
+    point_a, point_b = figure_a(everything), figure_b(everything)
+    diffs: dict[str, list[float]] = {k: [] for k in names}
+    for idx in bootstrap_indices(units, n_boot, seed):
+        fa, fb = figure_a(idx), figure_b(idx)
+        for k in names:
+            d = fb[k] - fa[k]
+            if np.isfinite(d):
+                diffs[k].append(d)
+    return {k: {"a": float(point_a[k]), "b": float(point_b[k]), "difference": float(point_b[k] - point_a[k]),
+                "ci95": list(percentile_interval(np.asarray(diffs[k]), level)) if diffs[k] else [float("nan")] * 2}
+            for k in names}
 
 
 def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float, float]:

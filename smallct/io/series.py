@@ -186,15 +186,22 @@ def order_slices(table: pd.DataFrame, *, id: str = "id", series: str = "series",
 def order_dicom_files(files: Iterable[str | Path], workers: int = 0,
                       progress: bool = True) -> tuple[list[Path], list[str]]:
     """DICOM files in series order (by patient, study, series, then along the normal; ties by file stem, the image
-    id, then by the order given).
+    id, then by the order given), and the problem lines of :func:`order_slices` (:func:`link_dicom_files`)."""
+    ordered, _, _, problems = link_dicom_files(files, workers, progress)
+    return ordered, problems
 
-    Reads only headers (:func:`smallct.io.dicom.read_headers`). Returns the files in that order, files whose
-    header cannot be read last in the order given (their readers raise later, naming them), and the problem
-    lines of :func:`order_slices`.
+
+def link_dicom_files(files: Iterable[str | Path], workers: int = 0,
+                     progress: bool = True) -> tuple[list[Path], np.ndarray, np.ndarray, list[str]]:
+    """DICOM files in series order, with each one's neighbours: ``(files, prev, next, problems)``.
+
+    Reads only headers (:func:`smallct.io.dicom.read_headers`). ``prev`` / ``next`` are positions in the returned
+    list (:class:`SliceOrder`'s convention: itself at an end or a gap). Files whose header cannot be read come
+    last, in the order given, each its own neighbour (their readers raise later, naming them).
     """
     files = [Path(f) for f in files]
     if not files:
-        return [], []
+        return [], np.zeros(0, np.int64), np.zeros(0, np.int64), []
     table = read_headers(files, workers=workers, progress=progress)
     good = table["error"].isna().to_numpy()
     headers = table[good].rename(columns={"PatientID": "patient", "StudyInstanceUID": "study",
@@ -202,4 +209,7 @@ def order_dicom_files(files: Iterable[str | Path], workers: int = 0,
     headers["id"] = [Path(f).stem for f in headers["path"]]
     result = order_slices(headers, keys=("patient", "study"))
     kept = np.flatnonzero(good)[result.order]
-    return [files[i] for i in kept] + [f for f, ok in zip(files, good) if not ok], result.problems
+    alone = np.arange(len(kept), len(files))
+    prev = np.concatenate([np.asarray(result.prev, np.int64), alone])
+    nxt = np.concatenate([np.asarray(result.next, np.int64), alone])
+    return [files[i] for i in kept] + [f for f, ok in zip(files, good) if not ok], prev, nxt, result.problems

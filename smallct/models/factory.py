@@ -12,6 +12,7 @@ from torch import nn
 
 from smallct.models.registry import feature_layer, get_architecture, head_module
 from smallct.models.state_dict import state_problems
+from smallct.models.stem import widen_stem
 from smallct.models.weights import WeightSource, map_in_order, read_state_dict
 
 
@@ -23,16 +24,17 @@ def _fresh_head(model: nn.Module, layer: nn.Module, num_classes: int) -> None:
         layer.reset_parameters()
 
 
-def create_model(arch: str, num_classes: int, source: WeightSource) -> nn.Module:
-    """Build ``arch`` with ``num_classes`` outputs, initialised from ``source``.
+def create_model(arch: str, num_classes: int, source: WeightSource, channels: int = 3) -> nn.Module:
+    """Build ``arch`` with ``num_classes`` outputs, initialised from ``source``, reading ``channels`` input channels.
 
     For a file source, the file's head is used only when its shape fits ``num_classes`` (a smallct
-    checkpoint of the same task); otherwise the backbone is loaded and the head is new.
+    checkpoint of the same task); otherwise the backbone is loaded and the head is new. Other than 3 channels (a
+    2.5D input), the loaded first convolution is widened by :func:`smallct.models.stem.widen_stem`.
     """
     entry = get_architecture(arch)
     model = entry.build(num_classes)
     if source.kind == "none":
-        return model
+        return widen_stem(model, channels)
     state = read_state_dict(source.path)
     if source.key_map == "in-order":
         state = map_in_order(state, entry.build(1000).state_dict(), source.path)
@@ -50,7 +52,7 @@ def create_model(arch: str, num_classes: int, source: WeightSource) -> nn.Module
     if problems:
         raise ValueError(f"{source.path}: weights do not fit {arch}: {problems}")
     model.load_state_dict(state, strict=False)
-    return model
+    return widen_stem(model, channels)
 
 
 def parameter_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0) -> list[dict]:

@@ -35,6 +35,8 @@ import torch
 import torchvision
 from torch import nn
 
+from smallct.models.stem import input_channels
+
 
 @dataclass(frozen=True)
 class PackagedWeights:
@@ -135,7 +137,7 @@ def _module_outputs(model: nn.Module, img_size: int) -> list[tuple[str, nn.Modul
         model.eval()
         device = next(model.parameters()).device
         with torch.no_grad():
-            model(torch.zeros(1, 3, img_size, img_size, device=device))
+            model(torch.zeros(1, input_channels(model), img_size, img_size, device=device))
     finally:
         for h in handles:
             h.remove()

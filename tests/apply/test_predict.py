@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from smallct.apply import predict as P
+from smallct.apply import submission as S
 from smallct.predict import main
 from smallct.datasets.folder import load_dataset
 from smallct.engine.run_models import load_fold_model, load_run, Run
@@ -209,16 +210,6 @@ def test_dicom_input_is_prepared_as_the_training_pngs(rsna_run, tmp_path):
     np.testing.assert_allclose(submission["Label"].iloc[:6], [first[f"prob_{n}"] for n in run.class_names])
 
 
-def test_rsna_submission_needs_image_ids():
-    table = pd.DataFrame({"id": ["ID_0a1b", "scan7"], "prob_any": [0.1, 0.2]})
-    with pytest.raises(ValueError, match="scan7 are not RSNA image ids"):
-        P.rsna_submission(table, ["any"])
-    table = pd.DataFrame({"id": ["ID_0a1b", "ID_ff"], "prob_any": [0.1, 0.2], "prob_epidural": [0.3, 0.4]})
-    sub = P.rsna_submission(table, ["any", "epidural"])
-    assert sub["ID"].tolist() == ["ID_0a1b_any", "ID_0a1b_epidural", "ID_ff_any", "ID_ff_epidural"]
-    assert sub["Label"].tolist() == [0.1, 0.3, 0.2, 0.4]
-
-
 def test_a_fold_model_prepared_otherwise_than_run_json_is_refused(small_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(small_run, run_dir)
@@ -271,3 +262,105 @@ def test_predict_lists_a_dicom_folder_in_series_order(rsna_run, tmp_path):
     for series in synthetic["series"].values():
         kept = [i for i in series if i != synthetic["corrupt"]]
         assert ids[ids.index(kept[0]):ids.index(kept[0]) + len(kept)] == kept
+
+
+def _unreadable_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if "unreadable" in line]
+
+
+def test_a_submission_has_every_image_the_unreadable_one_at_the_training_rates(rsna_run, tmp_path, capsys):
+    # 0.3.0: exit 2 and nothing written. Mutants: rates from the predictions (or 0.5) instead of oof.csv's labels;
+    # the unreadable rows left out or appended after the series; no line or no report naming the file
+    root, synthetic = rsna_run
+    run, corrupt = load_run(root / "run"), synthetic["corrupt"]
+    out, sub = tmp_path / "preds.csv", tmp_path / "sub.csv"
+    capsys.readouterr()
+    assert main(["--run", str(root / "run"), "--data", str(synthetic["root"]), "--out", str(out),
+                 "--submission", str(sub), "--workers", "1", "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    submission, table = pd.read_csv(sub), pd.read_csv(out)
+    order = [f.stem for f in P.find_inputs([synthetic["root"]], workers=1, log=quiet)]
+    assert len(submission) == 6 * len(synthetic["files"]) and len(order) == len(synthetic["files"])
+    assert submission["ID"].tolist() == [f"{i}_{n}" for i in order for n in run.class_names]  # the series' order
+    labels = pd.read_csv(root / "run" / "oof.csv").drop_duplicates("id")[run.class_names]
+    rates = submission.set_index("ID").loc[[f"{corrupt}_{n}" for n in run.class_names], "Label"]
+    np.testing.assert_allclose(rates, labels.mean().to_numpy())
+    assert corrupt not in set(table["id"]) and len(table) == len(order) - 1  # --out: what the models saw
+    line, = _unreadable_lines(stdout)
+    assert str(synthetic["root"] / f"{corrupt}.dcm") in line and "label rates" in line and str(sub.parent) in line
+    report = json.loads((tmp_path / "sub.unreadable.json").read_text())
+    entry, = report["files"]
+    assert entry["file"] == str(synthetic["root"] / f"{corrupt}.dcm") and entry["id"] == corrupt
+    assert "cannot decode pixel data" in entry["reason"]
+    assert report["given"]["rates"] == pytest.approx(dict(zip(run.class_names, labels.mean())))
+    assert str(root / "run" / "oof.csv") in report["given"]["from"][0]
+
+
+def test_on_unreadable_fail_refuses_and_writes_nothing(rsna_run, tmp_path, capsys):
+    root, synthetic = rsna_run
+    out, sub = tmp_path / "preds.csv", tmp_path / "sub.csv"
+    assert main(["--run", str(root / "run"), "--data", str(synthetic["root"]), "--out", str(out),
+                 "--submission", str(sub), "--on-unreadable", "fail", "--workers", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err  # 0.3.0: no such flag
+    assert f"{synthetic['corrupt']}.dcm: cannot decode pixel data" in err and len(err.strip().splitlines()) == 1
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_without_a_submission_the_unreadable_file_is_listed_beside_the_predictions(rsna_run, tmp_path, capsys):
+    # chosen as smallct.prepare rsna does: readable files predicted, the unreadable one named (0.3.0: exit 2)
+    root, synthetic = rsna_run
+    out = tmp_path / "preds.csv"
+    capsys.readouterr()
+    assert main(["--run", str(root / "run"), "--data", str(synthetic["root"]), "--out", str(out), "--workers", "1",
+                 "--no-progress"]) == 0
+    line, = _unreadable_lines(capsys.readouterr().out)
+    assert "left out of the predictions" in line and f"{synthetic['corrupt']}.dcm" in line
+    assert len(pd.read_csv(out)) == len(synthetic["files"]) - 1
+    report = json.loads((tmp_path / "preds.unreadable.json").read_text())
+    assert [e["id"] for e in report["files"]] == [synthetic["corrupt"]] and report["given"] is None
+
+
+def test_an_unreadable_file_keeps_its_place_and_its_id(rsna_run, tmp_path):
+    # the id: SOPInstanceUID where the header reads, else the file name (mutant: always the name); the place in
+    # the files given is where context will see a gap
+    root, synthetic = rsna_run
+    corrupt = synthetic["corrupt"]
+    renamed = tmp_path / "ID_0000aaaa.dcm"
+    shutil.copy(synthetic["root"] / f"{corrupt}.dcm", renamed)
+    garbage = tmp_path / "ID_0000bbbb.dcm"
+    garbage.write_bytes(b"not a DICOM file")
+    good = [f for f in synthetic["files"] if f.stem != corrupt][:3]
+    found: list = []
+    table = P.predict([root / "run"], [good[0], renamed, good[1], garbage, good[2]], progress=False, log=quiet,
+                      workers=1, unreadable=found)
+    assert [(u.id, u.index) for u in found] == [(corrupt, 1), ("ID_0000bbbb", 3)]
+    assert "not a DICOM image" in found[1].reason and table["id"].tolist() == [f.stem for f in good]
+    every, given = S.fill_unreadable(table, found, [load_run(root / "run")])
+    assert every["id"].tolist() == [good[0].stem, corrupt, good[1].stem, "ID_0000bbbb", good[2].stem]
+    assert every.loc[1, "prob_any"] == every.loc[3, "prob_any"] == given["rates"]["any"]
+    with pytest.raises(ValueError, match="none of the 2 files can be read"):
+        P.predict([root / "run"], [renamed, garbage], progress=False, log=quiet, workers=1, unreadable=[])
+
+
+def test_an_unfinished_sequence_folder_is_refused(tmp_path, capsys):
+    # mutant caught: a sequence folder accepted on its sequence.json alone, whose GRUs (checkpoints/) would then
+    # stand for only the folds that finished, averaged as if they were all of them
+    folder = tmp_path / "seq"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "sequence.json").write_text(json.dumps({"base_run": str(tmp_path / "run"), "features": "logits"}))
+    with pytest.raises(ValueError, match="a sequence folder whose folds have not all finished"):
+        P.resolve_runs([folder])
+    assert main(["--run", str(folder), "--data", str(tmp_path), "--out", str(tmp_path / "p.csv"),
+                 "--no-progress"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not (tmp_path / "p.csv").exists()
+
+
+def test_smoothing_without_a_series_names_both_fixes(small_run, phantom_dir, tmp_path, capsys):
+    # PNG files have no series: --smooth 3 is refused in one line that names a DICOM folder and --smooth 1 (the
+    # fix for a run made with --smooth, which predict follows by default); mutant caught: the hint left out
+    png = sorted(Path(phantom_dir).rglob("*.png"))[:2]
+    assert main(["--run", str(small_run), "--data", *map(str, png), "--smooth", "3", "--out",
+                 str(tmp_path / "p.csv"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "smoothing over 3 slices" in err and err.endswith("or --smooth 1")
+    assert not (tmp_path / "p.csv").exists()

@@ -32,7 +32,7 @@ def test_version_and_the_table_of_commands(capsys):
         cli.main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.strip() == f"smallct {smallct.__version__}"
     assert list(cli.COMMANDS) == ["data", "prepare", "cv", "nested", "tune", "fewshot", "curve", "audit", "compare",
-                                  "ensemble", "predict", "explain", "export"]
+                                  "ensemble", "sequence", "predict", "explain", "export"]
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     listed = capsys.readouterr().out

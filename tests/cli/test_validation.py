@@ -34,7 +34,7 @@ ZERO_OK = {"group_similar": "no grouping", "finetune_img_size": "the embedding s
            "prune_after": "prune from the first step", "startup_trials": "TPE from the first trial",
            "worker": "the first worker", "flat_share": "cosine from the first step", "vflip": "none",
            "brightness": "none", "contrast": "none", "gauss_noise": "none", "salt_pepper": "none", "erase": "none",
-           "mixup": "off", "cutmix": "off", "ema": "off"}
+           "mixup": "off", "cutmix": "off", "ema": "off", "context": "each slice alone"}
 
 
 def _flags(name: str):

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from smallct.data.folds import Folds, fold_assignment
+from smallct.data.similar import Grouping
 
 
 def test_stratified_repeatable_and_reshuffled():
@@ -100,3 +101,22 @@ def test_train_test_are_the_folds_indices_in_increasing_order():
             assert np.array_equal(train, np.flatnonzero(folds.assignment[r] != k))
             assert all(np.array_equal(a, b) for a, b in zip(folds.train_test(r, k), (train, test)))
             assert np.all(np.diff(train) > 0) and np.all(np.diff(test) > 0) and len(train) + len(test) == 30
+
+
+def test_patient_ids_as_groups_are_recorded_as_they_are():
+    # a prepared RSNA folder with --group-similar 0 keeps its patients' ids (ID_<hex>) as the groups: 0.3.0's
+    # record cast each to int and stopped the run (invalid literal for int(): 'ID_001688ba')
+    patients = np.array(["ID_001688ba", "ID_001688ba", "ID_00aa", "ID_00bb"])
+    folds = Folds(np.array([[0, 0, 1, 1]]), Grouping(patients, [], None, None, "patients", "given"))
+    assert folds.resampling_record()["groups"] == ["ID_001688ba", "ID_001688ba", "ID_00aa", "ID_00bb"]
+
+
+def test_separated_names_the_first_link_across_two_folds():
+    from smallct.data.folds import Folds
+
+    one = Folds(np.array([[0, 0, 1, 1]]))
+    assert one.separated(np.array([0, 0, 2, 2])) is None  # series 0-1 and 2-3, each in one fold
+    assert one.separated(np.array([0, 0, 1, 2])) == (0, 2)  # slice 2 linked to slice 1, of the other fold
+    assert one.separated(np.arange(4)) is None  # every slice alone
+    two = Folds(np.array([[0, 0, 1, 1], [0, 1, 1, 0]]))
+    assert two.separated(np.array([0, 0, 2, 2])) == (1, 1)  # whole in repeat 0, split in repeat 1

@@ -11,7 +11,7 @@ import pytest
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from smallct.data.folds import fold_assignment, scheme_note
-from smallct.data.seeds import episode_seed, fit_seed, fold_draw_seed, subset_seed
+from smallct.data.seeds import episode_seed, fit_seed, fold_draw_seed, sequence_seed, subset_seed
 
 PACKAGE = Path(__file__).resolve().parents[2] / "smallct"
 
@@ -81,6 +81,14 @@ def test_every_fit_of_seeds_repeats_and_folds_has_its_own_seed():
     episodes = [(s, k, e) for s in range(3) for k in (1, 2) for e in range(1100)]
     assert len({episode_seed(*x) for x in episodes}) == len(episodes)  # scheme 1: (k, e=1009) was (k + 1, e=0)
     assert all(0 <= x < 2**32 for x in seeds)  # scikit-learn's random_state takes 32 bits
+
+
+def test_a_sequence_model_never_shares_the_seed_of_a_fit():
+    # mutant caught: the sequence model of fold (r, k) seeded with fit_seed (its CNN's own initialisation stream)
+    keys = [(s, r, k) for s in range(5) for r in range(5) for k in range(10)]
+    ours = {sequence_seed(*x) for x in keys}
+    assert len(ours) == len(keys) and ours.isdisjoint({fit_seed(*x) for x in keys})
+    assert all(2**31 <= x < 2**32 for x in ours)
 
 
 def test_no_module_builds_a_seed_by_hand():

@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pytest
 
-from smallct.datasets.rsna import LABEL_WEIGHTS, LABELS, read_rsna_labels, WEIGHTS
+from smallct.datasets.rsna import LABEL_WEIGHTS, LABELS, label_weights, read_rsna_labels, WEIGHTS
 from smallct.evaluation.multilabel import f1_at_half, per_label_auc, weighted_log_loss
 
 # as in the file
@@ -24,6 +24,13 @@ def test_labels_and_weights_are_tied():
     assert LABELS == ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
     assert dict(zip(LABELS, WEIGHTS)) == LABEL_WEIGHTS
     assert WEIGHTS == (2.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+
+
+def test_label_weights_follow_the_names_in_any_order():
+    assert label_weights(LABELS) == WEIGHTS
+    assert label_weights(SUBTYPE_ORDER) == (1.0, 1.0, 1.0, 1.0, 1.0, 2.0)  # "any" last: its weight follows it
+    assert label_weights(["normal", "hemorrhage"]) is None
+    assert label_weights(LABELS[:5]) is None
 
 
 def test_read_rsna_labels_wide_in_label_order(tmp_path):

@@ -9,6 +9,7 @@ from pydicom import uid
 from smallct.io.dicom import read_headers, read_hu, to_rgb
 from smallct.datasets.rsna import LABELS, read_rsna_labels, SUBTYPES
 from smallct.datasets.synthetic_dicom import write_synthetic_rsna
+from smallct.datasets.synthetic_lesions import slice_labels
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +100,39 @@ def test_deterministic_under_the_seed(tmp_path):
 def test_too_few_slices(tmp_path):
     with pytest.raises(ValueError, match="at least 2"):
         write_synthetic_rsna(tmp_path, n_patients=1, slices_per_series=1)
+
+
+def test_context_set_bleeds_on_runs_of_neighbours(tmp_path):
+    # the set that needs series context (#30): fails on 0.3.0, whose writer has no ``lesions`` option
+    kw = dict(n_patients=3, slices_per_series=12, seed=4, size=32, lesions="context", contrast=20.0, rate=1.0)
+    info = write_synthetic_rsna(tmp_path / "a", **kw)
+    again = write_synthetic_rsna(tmp_path / "b", **kw)
+    assert all(fa.read_bytes() == fb.read_bytes() for fa, fb in zip(info["files"], again["files"]))
+    assert info["labels"].read_text() == again["labels"].read_text()
+    labels = read_rsna_labels(info["labels"]).set_index("ID")
+    assert synthetic_formats_planted(info)
+    for series, ids in info["series"].items():
+        y = labels.loc[ids, list(LABELS)].to_numpy()  # in slice order along the normal
+        assert (y == slice_labels(info["lesions"][series], len(ids))).all()
+        assert y[:, 0].any()  # rate=1: every series bleeds
+        readable = [i for i in ids if i != info["corrupt"]]
+        hu = {i: read_hu(info["root"] / f"{i}.dcm").astype(float) for i in readable}
+        clean = np.median([hu[i] for i in readable if not labels.loc[i, "any"]], axis=0)
+        for i in readable:  # a bleed lifts its pixels by ``contrast`` over the series' clean slices; noise 4 HU
+            lifted = ((hu[i] - clean > 12) & (clean > 0) & (clean < 100)).sum()
+            assert (lifted >= 3) if labels.loc[i, "any"] else (lifted <= 1), (i, lifted)
+    with pytest.raises(ValueError, match="lesions"):
+        write_synthetic_rsna(tmp_path / "c", lesions="blobs")
+
+
+def synthetic_formats_planted(info) -> bool:
+    """One truncated and one bad-intercept file, whatever the mode."""
+    return list(info["formats"].values()).count("truncated") == 1 and info["formats"][info["quirk"]] == "quirk"
+
+
+def test_one_encoding_still_plants_the_broken_files(tmp_path):
+    info = write_synthetic_rsna(tmp_path, n_patients=2, slices_per_series=4, formats=("int16",))
+    assert synthetic_formats_planted(info)
+    assert set(info["formats"].values()) == {"int16", "truncated", "quirk"}
+    with pytest.raises(ValueError, match="pixel data"):
+        read_hu(info["root"] / f"{info['corrupt']}.dcm")

@@ -180,6 +180,17 @@ def test_the_threshold_setting_is_checked(phantom_dir, tmp_path):
     assert not (tmp_path / "n").exists()
 
 
+def test_context_and_smoothing_candidates_are_refused_before_any_work(phantom_dir, tmp_path):
+    for change in ({"context": 1}, {"smooth": 3}):
+        c = candidate(phantom_dir, 3e-3)
+        for k, v in change.items():
+            setattr(c, k, v)
+        cfg = NestedConfig(candidates={"a": c}, out=tmp_path / "n")
+        with pytest.raises(ValueError, match="candidate a: --context and --smooth are smallct.cv's"):
+            run_nested(cfg, progress=False, log=lambda *_: None)
+    assert not (tmp_path / "n").exists()
+
+
 
 def write_chain_set(folder):
     """36 unrelated block-noise images and a planted chain of 4, ``036~037~038~039``: neighbours correlate about
@@ -257,3 +268,26 @@ def test_inner_ensembles_follow_the_runs_tta_as_predict_reads_it(tmp_path, monke
     monkeypatch.setattr(nested, "predict_proba", proba)
     P = nested.inner_ensemble_proba(tmp_path, np.zeros((3, 3, 8, 8), np.uint8), "cpu")
     assert seen == [True, True] and np.allclose(P, 0.5)
+
+
+def test_a_nested_json_written_before_a_setting_existed_still_resumes(tmp_path):
+    """A nested run's candidates as smallct 0.5 wrote them (no --context, --smooth, reverse_neighbours) are the same
+    settings as today's defaults: resuming must not call them changed. Mutant caught: comparing the raw candidate
+    dicts (0.6 as first written refused every 0.5 nested run with finished folds)."""
+    import copy
+
+    from smallct.engine.nested import _nested_differences, _record
+    from smallct.engine.run_folder import RunFolder
+
+    record = _record(NestedConfig(candidates={"a": CVConfig(), "b": CVConfig(arch="resnet34")}))
+    old = copy.deepcopy(record)
+    for c in old["candidates"].values():
+        for k in ("context", "context_channels", "context_window", "smooth"):
+            c.pop(k)
+        c["train"].pop("reverse_neighbours")
+    folder = RunFolder(tmp_path / "nested")
+    folder.start({"config": {}, "folds": {}}, resuming=False, nested=old)
+    assert _nested_differences(folder, record) == []
+    other = copy.deepcopy(record)
+    other["candidates"]["b"]["train"]["reverse_neighbours"] = False
+    assert _nested_differences(folder, other) == ["the candidates' settings"]  # a real change is still seen

@@ -168,3 +168,34 @@ def test_resuming_a_repeated_run_of_fold_scheme_1_names_the_scheme(tmp_path):
     message = str(err.value)
     assert "the run there was made by fold scheme 1, smallct <= 0.3, this run by fold scheme 2" in message
     assert "fold assignment (data)" not in message and "--seed" not in message  # the flags are not the cause
+
+
+def test_another_context_input_is_not_resumed_into_a_run(tmp_path):
+    """--context and its recipe are top-level settings of CVConfig (not data's or train's): a folder whose finished
+    folds read single slices must not take folds of a --context 1 run (3 channels too: the checkpoints would load
+    alike). Mutant caught: check_resume comparing only SETTINGS_THAT_CHANGE_RESULTS (0.6 as first written)."""
+    from smallct.data.context import Context
+    from smallct.engine.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    plain = {"config": {"arch": "a"}, "folds": {"assignment": [[0, 1]]}, "input": {"context": None}}
+    folder.start(plain, resuming=False)
+    folder.write_fold(0, 0, {"repeat": 0, "fold": 0})
+    assert folder.check_resume({**plain, "input": {}}) is True  # a run.json of smallct <= 0.5: no context
+    for ctx in (Context(1), Context(1, window="subdural"), Context(1, "all")):
+        with pytest.raises(ValueError, match=r"other settings \(the 2.5D input \(--context"):
+            folder.check_resume({**plain, "input": {"context": ctx.record()}})
+
+
+def test_an_unweighted_rsna_run_is_not_resumed_with_the_metrics_weights(tmp_path):
+    # a 0.5 RSNA run (no label_weights in run.json: trained unweighted) must not take folds trained with any x2;
+    # a binary run (None both ways) resumes. Mutant caught: check_resume without the label_weights comparison.
+    from smallct.engine.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    old = {"config": {"arch": "a"}, "folds": {"assignment": [[0, 1]]}, "input": {}}
+    folder.start(old, resuming=False)
+    folder.write_fold(0, 0, {"repeat": 0, "fold": 0})
+    assert folder.check_resume({**old, "label_weights": None}) is True
+    with pytest.raises(ValueError, match=r"the loss's label weights \(None there, \[2.0"):
+        folder.check_resume({**old, "label_weights": [2.0, 1.0, 1.0, 1.0, 1.0, 1.0]})

@@ -47,6 +47,51 @@ def test_fit_epoch_record_equals_loss_and_accuracy_of_the_batch():
     assert isinstance(record["train_loss"], float) and isinstance(record["train_acc"], float)
 
 
+def test_multilabel_loss_is_the_metric_form_of_the_label_weights():
+    # one full batch, an lr too small to move a weight: the epoch loss is each image's weighted average of its
+    # six label losses (any x2), averaged over images: the RSNA metric on logits (a mutant without the weights,
+    # or without their scaling to a mean of 1, gives another number)
+    from smallct.datasets.rsna import WEIGHTS
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (8, 3, 32, 32), generator=g, dtype=torch.uint8)
+    y = (torch.rand(8, 6, generator=g) < 0.3).long()
+    torch.manual_seed(0)
+    model = create_model("resnet18", 6, resolve_weights("resnet18", "none"))
+    cfg = TrainConfig(epochs=1, batch_size=len(x), lr=1e-30, weight_decay=0.0, schedule="constant", augment="none")
+    record, = fit(model, x, y, cfg, MEAN, STD, task="multilabel", progress=False, label_weights=WEIGHTS)
+    model.train()
+    with torch.no_grad():
+        per = F.binary_cross_entropy_with_logits(model(normalize(x, MEAN, STD)), y.float(), reduction="none")
+    w = torch.tensor(WEIGHTS)
+    expected = ((per * w).sum(1) / w.sum()).mean().item()
+    assert record["train_loss"] == pytest.approx(expected, rel=1e-5)
+    assert abs(per.mean().item() - expected) > 1e-4  # the unweighted loss differs
+
+
+def test_fit_reverses_the_neighbours_of_a_2_5d_input_only():
+    # the same seed, with and without --reverse-neighbours: a context source trains on other inputs (a mutant that
+    # never reverses gives equal losses); a plain source is untouched by the flag (no extra draw either)
+    import numpy as np
+    from smallct.data.context import Context
+    from smallct.data.neighbours import Neighbours
+    from smallct.data.source import MemorySource
+
+    g = torch.Generator().manual_seed(2)
+    x = MemorySource(torch.randint(0, 256, (12, 3, 32, 32), generator=g, dtype=torch.uint8))
+    rows = np.arange(12)
+    ctx = Context(1).source(x, Neighbours(np.maximum(rows - 1, 0), np.minimum(rows + 1, 11)))
+    y = torch.arange(12) % 2
+
+    def loss(images, reverse):
+        torch.manual_seed(0)
+        model = create_model("resnet18", 2, resolve_weights("resnet18", "none"))
+        cfg = TrainConfig(epochs=2, batch_size=6, augment="none", reverse_neighbours=reverse)
+        return [r["train_loss"] for r in fit(model, images, y, cfg, MEAN, STD, progress=False)]
+
+    assert loss(ctx, True) != loss(ctx, False)
+    assert loss(x, True) == loss(x, False)
+
+
 def test_fit_raises_on_a_nan_loss():
     model, x, y = _tiny()
     with torch.no_grad():

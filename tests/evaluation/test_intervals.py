@@ -81,3 +81,17 @@ def test_planted_duplicates_widen_the_interval_when_their_groups_are_resampled()
     _, distinct = pooled_figures(over_repeats(classification_metrics, y0, P[:, ::4], ["accuracy"]), 50, ["accuracy"],
                                  n_boot=1000, seed=0)
     assert w_grouped == pytest.approx(np.diff(distinct["accuracy"])[0], rel=0.2)
+
+
+def test_paired_figures_draw_the_same_units_for_both():
+    # mutant caught: each prediction resampled on its own (the interval of a constant shift would then not be a point)
+    from smallct.evaluation.intervals import Units, paired_figures
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=40)
+    units = Units(40, np.repeat(np.arange(10), 4), "patients")
+    a = lambda idx: {"mean": float(values[idx].mean())}  # noqa: E731
+    b = lambda idx: {"mean": float(values[idx].mean()) + 0.25}  # noqa: E731
+    out = paired_figures(a, b, units, ["mean"], n_boot=200, seed=0)["mean"]
+    assert out["difference"] == pytest.approx(0.25) and out["ci95"] == pytest.approx([0.25, 0.25])
+    assert out["a"] == pytest.approx(values.mean())
