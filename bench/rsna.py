@@ -199,12 +199,11 @@ def _folds(run: Path) -> list[dict]:
 def oof_probs(run: Path, n: int, smooth: int = 1, dataset=None) -> np.ndarray:
     """Out-of-fold probabilities (N, 6) of a finished run or sequence folder (one repeat), rows in the prepared
     manifest's order; ``smooth`` > 1: each test fold smoothed over that many slices as ``--smooth`` does."""
-    from smallct.engine.results import stack_probs
+    from smallct.engine.results import smooth_folds, stack_probs
 
     folds = _folds(run)
-    if smooth > 1:
-        folds = [{**f, "probs": dataset.neighbours.take(f["test_index"]).smooth(np.asarray(f["probs"]), smooth)}
-                 for f in folds]
+    if smooth > 1:  # as smallct.cv --smooth does: each test fold's series, never across folds
+        folds = smooth_folds(folds, dataset, smooth)
     return stack_probs(folds, n, 1)[0]
 
 

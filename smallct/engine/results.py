@@ -149,11 +149,10 @@ def aggregate_results(folds: list[dict], dataset: Dataset, cfg: CVConfig, units:
     units = units if units is not None else Units(len(dataset))
     complete = len(folds) == cfg.folds * cfg.repeats
     figures = fold_figures(folds, dataset.task, dataset.labels, cfg.repeats, units, cfg.seed, complete)
-    smooth = getattr(cfg, "smooth", 1)
-    if smooth > 1 and dataset.neighbours is not None:
-        smoothed = fold_figures(smooth_folds(folds, dataset, smooth), dataset.task, dataset.labels, cfg.repeats, units,
-                                cfg.seed, complete)
-        figures["smoothed"] = {"slices": smooth, "how": SMOOTHED.format(n=smooth), **smoothed}
+    if cfg.smooth > 1 and dataset.neighbours is not None:
+        smoothed = fold_figures(smooth_folds(folds, dataset, cfg.smooth), dataset.task, dataset.labels, cfg.repeats,
+                                units, cfg.seed, complete)
+        figures["smoothed"] = {"slices": cfg.smooth, "how": SMOOTHED.format(n=cfg.smooth), **smoothed}
     return {
         "task": dataset.task,
         "class_names": dataset.class_names,
