@@ -62,7 +62,7 @@ from smallct.config import TrainConfig  # noqa: E402
 from smallct.data.augmentations import PER_IMAGE, augment_batch, mix_batch  # noqa: E402
 from smallct.data.source import PREFETCH, BatchSource, DiskSource, MemorySource, available_memory  # noqa: E402
 from smallct.data.transforms import augment, normalize  # noqa: E402
-from smallct.engine.train import _autocast, _correct, loss_function, fit, lr_factor, make_optimizer  # noqa: E402
+from smallct.engine.train import autocast, _correct, loss_function, fit, lr_factor, make_optimizer  # noqa: E402
 from smallct.models import create_model, resolve_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,7 +183,7 @@ def plain_epoch(model, x: BatchSource, y: torch.Tensor, cfg: TrainConfig, mean, 
         xb = normalize(xb, mean, std)
         xb = xb.contiguous(memory_format=torch.channels_last) if channels_last else xb.contiguous()
         yb = y[idx]
-        with _autocast(device, cfg.amp):
+        with autocast(device, cfg.amp):
             logits = model(xb)
             loss = loss_fn(logits.float(), yb)
         optimizer.zero_grad(set_to_none=True)
@@ -293,7 +293,7 @@ def run_row(label, store, how, opts, sources, train, y, weights, args, device, m
 
 
 def amp_name(device: torch.device, amp: bool) -> str:
-    """What ``fit``'s autocast does with ``amp`` on ``device`` (``smallct.engine.train._autocast``)."""
+    """What ``fit``'s autocast does with ``amp`` on ``device`` (``smallct.engine.train.autocast``)."""
     if not amp:
         return "off"
     if device.type != "cuda":

@@ -11,7 +11,7 @@ are imported on first use, so ``import smallct`` (and ``smallct --help``) loads 
 from smallct import _legacy
 from smallct._lazy import exports
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 _names, __getattr__, __dir__ = exports(__name__, {
     "smallct.config": ["CVConfig", "DataConfig", "TrainConfig", "NestedConfig", "TuneConfig", "FewShotConfig",

@@ -12,6 +12,7 @@ Commands import the library inside ``run``: ``--help`` then answers without load
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from smallct._messages import one_line
@@ -25,6 +26,7 @@ class Command:
     description: str = ""
     epilog: str | None = None
     progress: bool = True  # long work: a --no-progress flag
+    distributed: bool = False  # runs under torchrun with several processes (smallct cv); the others refuse
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         raise NotImplementedError
@@ -61,6 +63,12 @@ def command_parser(command: Command, prog: str) -> argparse.ArgumentParser:
 
 def execute(command: Command, args: argparse.Namespace, label: str) -> int:
     """Run ``command`` with parsed ``args``; ``label`` names it in messages (``smallct.cv``)."""
+    processes = os.environ.get("WORLD_SIZE", "1")
+    if processes != "1" and not command.distributed:  # each process would repeat the whole work, or race
+        print(f"{label}: error: started by torchrun with WORLD_SIZE={processes}: {label} runs in one process "
+              "(torchrun runs smallct.cv; tune spreads over machines with workers on one --storage, prepare with "
+              "--shard K/N)", file=sys.stderr)
+        return 2
     try:
         return command.run(args) or 0
     except KeyboardInterrupt:

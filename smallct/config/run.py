@@ -128,6 +128,8 @@ class TrainConfig:
     amp: bool = option(True, "mixed precision on CUDA (ignored on CPU)")
     compile: bool = option(False, "torch.compile the model for training on CUDA (faster epochs after a compile of "
                                   "about a minute; ignored on CPU)")
+    sync_bn: bool = option(False, "under torchrun on CUDA: BatchNorm statistics over every rank's batch (SyncBatchNorm; "
+                                  "CUDA only, plain BatchNorm on a CPU)")
     reverse_neighbours: bool = option(True, "with --context: reverse the neighbour order of each training input with "
                                             "probability 1/2 (a series read either way)")
 
@@ -175,6 +177,9 @@ class CVConfig:
     smooth: int = option(1, "series smoothing: also report the out-of-fold figures after a centred rolling mean of "
                             "each label over N slices of a series (odd; never across a gap; 1: none)", ge=1,
                          metavar="N")
+    fold_parallel: bool = option(False, "under torchrun: train different folds at the same time, one per process (one "
+                                        "per GPU), each as a single process would; without it the processes train "
+                                        "each fold together (DistributedDataParallel)", file=False)
     tensorboard: bool = option(True, TENSORBOARD_HELP, file=False)
     mlflow: str | None = option(None, MLFLOW_HELP, metavar="URI", file=False, secret=True)
     data: DataConfig = field(default_factory=DataConfig)
@@ -196,9 +201,9 @@ CV_GROUPS = {
     "training": ["epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "step_size",
                  "gamma", "warmup_epochs", "flat_share", "label_smoothing", "augment", "vflip", "brightness",
                  "contrast", "gauss_noise", "salt_pepper", "erase", "mixup", "cutmix", "ema", "tta", "amp",
-                 "compile", "reverse_neighbours"],
+                 "compile", "sync_bn", "reverse_neighbours"],
     "validation and run": ["folds", "repeats", "seed", "device", "threads", "workers", "cache", "out",
-                           "test_curves", "smooth"],
+                           "test_curves", "smooth", "fold_parallel"],
     "tracking": ["tensorboard", "mlflow"],
 }
 

@@ -23,7 +23,7 @@ FOLDS_SCHEME = 2  # run.json's "folds_scheme"; a run.json without it was made by
 SCHEMES = {1: "fold scheme 1, smallct <= 0.3", 2: "fold scheme 2"}
 
 # One tag per kind of draw, so that a fold draw and a fit never share a value by construction.
-_FOLDS, _FIT, _SUBSET, _EPISODE, _SEQUENCE = range(5)
+_FOLDS, _FIT, _SUBSET, _EPISODE, _SEQUENCE, _RANK = range(6)
 
 
 def _derived(seed: int, purpose: int, *keys: int) -> int:
@@ -72,3 +72,10 @@ def sequence_seed(seed: int, repeat: int, fold: int) -> int:
     """Seed of the sequence model (``smallct.sequence``) trained outside fold ``fold`` of ``repeat``: its
     initialisation, chain order, reversals and dropped slices. Derived for every value (no scheme 1 to keep)."""
     return _derived(seed, _SEQUENCE, repeat, fold)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Seed of the augmentation and mixup draws of rank ``rank`` of a model trained on several processes (torchrun),
+    from the fold's training seed ``seed``: each rank augments its own images with its own draws, while the order of
+    the images (the shards) comes from ``seed`` itself, shared by every rank."""
+    return _derived(seed, _RANK, rank)

@@ -6,7 +6,8 @@ phantom and synthetic DICOM sets, and prepared folders.
 class is positive); ``explore``: :func:`describe`, :func:`size_note`;
 ``head_ct``: the manifest and :func:`verify`; ``known``: the sets recognised by content (their class names);
 ``rsna``: :func:`read_rsna_labels` and the label order;
-``phantom``, ``synthetic_dicom``: generated sets; ``prepare``: :func:`prepare_rsna`, :func:`prepare_png`.
+``phantom``, ``synthetic_dicom``: generated sets; ``prepare``: :func:`prepare_rsna`, :func:`prepare_png`;
+``shards``: :func:`prepare_rsna_shard` (``--shard K/N``), :func:`merge_shards`.
 """
 
 from smallct._lazy import exports
@@ -22,5 +23,6 @@ __all__, __getattr__, __dir__ = exports(__name__, {
     "smallct.datasets.phantom": ["head_phantom_hu", "phantom_folder", "write_phantom_png_set"],
     "smallct.datasets.prepare": ["prepare_png", "prepare_rsna"],
     "smallct.datasets.rsna": ["LABEL_WEIGHTS", "LABELS", "SUBTYPES", "read_rsna_labels"],
+    "smallct.datasets.shards": ["merge_shards", "prepare_rsna_shard"],
     "smallct.datasets.synthetic_dicom": ["write_ct_slice", "write_synthetic_rsna"],
 })

@@ -21,7 +21,8 @@ the aspect ratio). :func:`prepare_png` writes the same folder for a PNG set
 :func:`smallct.datasets.folder.load_dataset` reads such a folder (:func:`~smallct.datasets.folder.read_manifest`), so
 ``python -m smallct.cv --data OUT`` trains on it. Runs resume: a second run redoes only the images
 whose PNG is absent or unreadable (headers are read again, which is fast). Unreadable files are
-skipped, counted and listed in ``report.json``; the run goes on.
+skipped, counted and listed in ``report.json``; the run goes on. Several processes or machines prepare one
+folder in shards of whole series (``--shard K/N``, then ``merge``): :mod:`smallct.datasets.shards`.
 """
 
 from __future__ import annotations
@@ -118,11 +119,14 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
         Image.fromarray(rgb).save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
-def _prepare_slice(job: tuple) -> dict:
-    """One RSNA slice: header facts, and the windowed PNG unless a good one is there already."""
-    image_id, source, target, windows, size, crop = job
+def prepare_slice(job: tuple) -> dict:
+    """One RSNA slice: header facts, and the windowed PNG unless a good one is there already.
+
+    A 7th item of ``job``, the header facts read already (a shard's header pass), spares reading them again.
+    """
+    image_id, source, target, windows, size, crop, *known = job
     try:
-        header = read_header(source)
+        header = known[0] if known else read_header(source)
         status = "kept"
         if not _png_ok(target, size):
             _write_png(target, to_rgb(source, windows, size, crop))
@@ -147,34 +151,54 @@ def _prepare_picture(job: tuple) -> dict:
     return {"id": image_id, "status": status}
 
 
-def _run_jobs(fn, jobs: list[tuple], workers: int, progress: bool, desc: str) -> list[dict]:
+def run_jobs(fn, jobs: list[tuple], workers: int, progress: bool, desc: str) -> list[dict]:
     """``fn`` over ``jobs`` in order, in this process (``workers`` 1) or on every core (0)."""
     return list(parallel_map(fn, jobs, workers, progress, desc=desc, unit="img", chunk_divisor=16, max_chunk=32))
 
 
 # --- the prepared folder -------------------------------------------------------------------------
 
-def _start_folder(out: Path, info: dict) -> None:
-    """Create ``out`` and write ``prepare.json``; refuse a folder prepared with other settings."""
+def image_path(out: Path, image_id: str) -> Path:
+    """Where the PNG of RSNA slice ``image_id`` goes in the prepared folder ``out``."""
+    return out / "images" / f"{image_id}.png"
+
+
+def read_prepare_json(out: Path, fix: str) -> dict | None:
+    """The ``prepare.json`` of ``out`` (None when there is none); ``ValueError`` naming it and ``fix`` when it is
+    unreadable."""
     path = out / "prepare.json"
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: cannot read ({err}); delete the folder to start again") from None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read ({err}); {fix}") from None
+
+
+def start_folder(out: Path, info: dict, clean: bool = True) -> None:
+    """Create ``out`` and write ``prepare.json``; refuse a folder prepared with other settings.
+
+    ``clean`` removes the temporary files a killed run left in ``images/`` (a shard removes only its own:
+    another shard may be writing beside it).
+    """
+    path = out / "prepare.json"
+    old = read_prepare_json(out, "delete the folder to start again")
+    if old is not None:
         if old.get("kind") != info["kind"] or old.get("settings") != info["settings"]:
             raise ValueError(f"{out}: holds images prepared with other settings ({old.get('kind')}: "
                              f"{old.get('settings')}); use another --out, or delete the folder to start again")
     (out / "images").mkdir(parents=True, exist_ok=True)
-    for stale in (out / "images").rglob("*.tmp*"):  # left by a killed run
+    for stale in (out / "images").rglob("*.tmp*") if clean else ():  # left by a killed run
         stale.unlink(missing_ok=True)
     atomic_json(path, info)
 
 
-def _finish(out: Path, manifest: pd.DataFrame, rows: list[dict], report: dict, seconds: float, workers: int,
-            log) -> dict:
-    """Write manifest.csv and report.json; log the one-line summary; return the report."""
-    atomic_csv(out / "manifest.csv", manifest)
+def finish_folder(out: Path, manifest: pd.DataFrame, rows: list[dict], report: dict, seconds: float, workers: int,
+            log, names: tuple[str, str] = ("manifest.csv", "report.json")) -> dict:
+    """Write manifest.csv and report.json (``names``, relative to ``out``); log the one-line summary; return the
+    report."""
+    manifest_path, report_path = out / names[0], out / names[1]
+    atomic_csv(manifest_path, manifest)
     failed = [r for r in rows if r["status"] == "failed"]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("written", "kept", "failed")}
     report.update({
@@ -184,13 +208,13 @@ def _finish(out: Path, manifest: pd.DataFrame, rows: list[dict], report: dict, s
         "images_per_second": round(len(rows) / seconds, 2) if seconds > 0 else None,
         "workers": workers or available_cores(),
     })
-    atomic_json(out / "report.json", report, default=str)
-    skipped = f", {counts['failed']} unreadable and skipped (listed in {out / 'report.json'})" if failed else ""
+    atomic_json(report_path, report, default=str)
+    skipped = f", {counts['failed']} unreadable and skipped (listed in {report_path})" if failed else ""
     series = report.get("series_problems")
     if series:
         skipped += (f", {len(series)} series with a gap, duplicate positions, mixed orientations or missing tags "
-                    f"(series_problems in {out / 'report.json'})")
-    log(f"smallct.prepare {report['kind']}: {len(manifest)} images in {out / 'manifest.csv'} "
+                    f"(series_problems in {report_path})")
+    log(f"smallct.prepare {report['kind']}: {len(manifest)} images in {manifest_path} "
         f"({counts['written']} written, {counts['kept']} already there{skipped}) in {seconds:.1f} s, "
         f"{report['images_per_second']} images/s")
     return report
@@ -256,6 +280,25 @@ def prepare_rsna(dicom: str | Path, labels: str | Path, out: str | Path, *,
         ``failed_files`` (one message per unreadable file, naming it), seconds and images/s.
     """
     dicom, out = Path(dicom), Path(out)
+    files, chosen, info, report = select_rsna(dicom, labels, out, windows=windows, size=size, crop=crop,
+                                              limit=limit, balance=balance, seed=seed)
+    start_folder(out, info)
+    windows = info["settings"]["windows"]
+    jobs = [(i, files[i], image_path(out, i), windows, size, crop) for i in chosen["ID"]]
+    start = time.perf_counter()
+    rows = run_jobs(prepare_slice, jobs, workers, progress, "prepare rsna")
+    seconds = time.perf_counter() - start
+    manifest, report["series_problems"] = rsna_manifest(chosen, rows)
+    return finish_folder(out, manifest, rows, report, seconds, workers, log)
+
+
+def select_rsna(dicom: Path, labels: str | Path, out: Path, *, windows, size: int, crop: bool, limit: int | None,
+                balance: bool, seed: int) -> tuple[dict[str, Path], pd.DataFrame, dict, dict]:
+    """What :func:`prepare_rsna` (or a shard of it) prepares: ``(files, chosen, info, report)``.
+
+    ``files`` maps each image id to its ``.dcm``, ``chosen`` is :func:`select_images`' table, ``info`` the
+    content of ``prepare.json`` and ``report`` the start of ``report.json`` (paths, settings, selection).
+    """
     windows = parse_windows(windows)
     if size < 8:
         raise ValueError(f"--size {size}: expected a side of at least 8 px")
@@ -273,30 +316,35 @@ def prepare_rsna(dicom: str | Path, labels: str | Path, out: str | Path, *,
                          f"{int((labelled['any'] == 0).sum())} negative images with a file: nothing to balance")
     # run.json records windows, channels and size (as input.prepared_size) for smallct.predict
     meta = {"windows": windows, "channels": _channels(windows, size, crop), "size": size, "crop": crop}
-    _start_folder(out, {"kind": "rsna", "settings": {"windows": windows, "size": size, "crop": crop},
-                        "task": "multilabel", "class_names": list(LABELS), "meta": meta})
-
-    jobs = [(i, files[i], out / "images" / f"{i}.png", windows, size, crop) for i in chosen["ID"]]
-    start = time.perf_counter()
-    rows = _run_jobs(_prepare_slice, jobs, workers, progress, "prepare rsna")
-    seconds = time.perf_counter() - start
-
-    good = pd.DataFrame([r for r in rows if r["status"] != "failed"],
-                        columns=["id", "status", "patient", "study", "series", *POSITION, *ORIENTATION])
-    manifest = chosen.rename(columns={"ID": "id"}).merge(good.drop(columns="status"), on="id")
-    manifest["file"] = "images/" + manifest["id"] + ".png"
-    order = order_slices(manifest, keys=("patient", "study"))  # never by file name or InstanceNumber
-    manifest = manifest.iloc[order.order].reset_index(drop=True)
-    manifest["position"], manifest["prev"], manifest["next"] = order.position, order.prev, order.next
+    info = {"kind": "rsna", "settings": {"windows": windows, "size": size, "crop": crop},
+            "task": "multilabel", "class_names": list(LABELS), "meta": meta}
     report = {
         "kind": "rsna", "dicom": str(dicom), "labels": str(labels), "out": str(out),
         "settings": {"windows": windows, "size": size, "crop": crop},
         "selection": {"labelled_images": len(table), "dcm_files": len(files), "labels_without_file": without_file,
                       "files_without_labels": without_label, "limit": limit, "balance": balance, "seed": seed,
                       "selected": len(chosen), "selected_positive": int(chosen["any"].sum())},
-        "series_problems": order.problems,
     }
-    return _finish(out, manifest[list(MANIFEST_COLUMNS)], rows, report, seconds, workers, log)
+    return files, chosen, info, report
+
+
+def rsna_manifest(chosen: pd.DataFrame, rows: list[dict]) -> tuple[pd.DataFrame, list[str]]:
+    """The manifest of the prepared slices among ``chosen`` (``rows`` of :func:`prepare_slice`), in series
+    order, and the series problems (:func:`order_manifest`)."""
+    good = pd.DataFrame([r for r in rows if r["status"] != "failed"],
+                        columns=["id", "status", "patient", "study", "series", *POSITION, *ORIENTATION])
+    manifest = chosen.rename(columns={"ID": "id"}).merge(good.drop(columns="status"), on="id")
+    manifest["file"] = "images/" + manifest["id"] + ".png"
+    return order_manifest(manifest)
+
+
+def order_manifest(manifest: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Rows by patient, study, series, then along the normal, with ``position``, ``prev`` and ``next`` (rows of
+    the returned table), in :data:`MANIFEST_COLUMNS`; and one problem line per series (:func:`order_slices`)."""
+    order = order_slices(manifest, keys=("patient", "study"))  # never by file name or InstanceNumber
+    manifest = manifest.iloc[order.order].reset_index(drop=True)
+    manifest["position"], manifest["prev"], manifest["next"] = order.position, order.prev, order.next
+    return manifest[list(MANIFEST_COLUMNS)], order.problems
 
 
 def prepare_png(src: str | Path, out: str | Path, *, labels: str | Path | None = None, id_col: str | None = None,
@@ -335,12 +383,12 @@ def prepare_png(src: str | Path, out: str | Path, *, labels: str | Path | None =
         raise ValueError(f"{src}: files that would share one PNG name: {', '.join(names[:8])}")
     channels = ("RGB uint8 PNG from smallct.io.images.to_rgb_uint8 (alpha on black)"
                 + (f", border cropped and resized to {size} px with padding" if size else ""))
-    _start_folder(out, {"kind": "png", "settings": {"size": size}, "task": dataset.task,
+    start_folder(out, {"kind": "png", "settings": {"size": size}, "task": dataset.task,
                         "class_names": dataset.class_names, "meta": {"windows": None, "channels": channels}})
 
     jobs = [(i, f, t, size) for i, f, t in zip(dataset.ids, dataset.files, targets)]
     start = time.perf_counter()
-    rows = _run_jobs(_prepare_picture, jobs, workers, progress, "prepare png")
+    rows = run_jobs(_prepare_picture, jobs, workers, progress, "prepare png")
     seconds = time.perf_counter() - start
 
     ok = [r["status"] != "failed" for r in rows]
@@ -348,4 +396,4 @@ def prepare_png(src: str | Path, out: str | Path, *, labels: str | Path | None =
                              "label": dataset.label_names()})[ok]
     report = {"kind": "png", "src": str(src), "labels": str(labels) if labels else None, "out": str(out),
               "settings": {"size": size}, "source": dataset.source, "class_names": dataset.class_names}
-    return _finish(out, manifest, rows, report, seconds, workers, log)
+    return finish_folder(out, manifest, rows, report, seconds, workers, log)

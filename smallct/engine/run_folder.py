@@ -48,7 +48,7 @@ _FOLD_NAME = re.compile(r"r(\d+)_f(\d+)")
 SETTINGS_THAT_CHANGE_RESULTS = ("arch", "weights", "task", "folds", "repeats", "seed", "data", "train")
 # Facts of the machine that change the figures of the same settings (run.json's "device" and "threads"): a run
 # resumes only on the same kind of device at the same torch thread count.
-MACHINE_THAT_CHANGES_RESULTS = ("device", "threads")
+MACHINE_THAT_CHANGES_RESULTS = ("device", "threads", "world_size")
 
 
 def fold_name(repeat: int, fold: int) -> str:
@@ -249,7 +249,9 @@ class RunFolder:
         if old.get("label_weights") != record.get("label_weights"):  # absent: trained before smallct 0.6 weighted
             changed.append(f"the loss's label weights ({old.get('label_weights')} there, "
                            f"{record.get('label_weights')} now)")
-        changed += [f"{k} {old[k]} there, {record.get(k)} now: resume with --{k} {old[k]}"
+        # absent world_size: a run.json of smallct <= 0.6 (or a record made outside torchrun): one process a fold
+        old, record = ({"world_size": 1, **r} for r in (old, record))
+        changed += [_machine_change(k, old[k], record.get(k))
                     for k in MACHINE_THAT_CHANGES_RESULTS if k in old and old[k] != record.get(k)]
         if changed and not self.has_finished_folds():
             return False
@@ -284,6 +286,17 @@ class RunFolder:
         atomic_json(self.results_json, results)
 
 
+def _machine_change(key: str, there, now) -> str:
+    """How the run there was made differently, and how to resume it."""
+    if key == "world_size" and there == 1:  # processes that trained each fold together (torchrun, DDP)
+        return (f"one process trained each fold there, {now} now: resume without torchrun, or under torchrun with "
+                "--fold-parallel")
+    if key == "world_size":
+        return (f"{there} processes trained each fold there (torchrun), {now} now: resume with torchrun and {there} "
+                "processes in all (--nnodes x --nproc-per-node)")
+    return f"{key} {there} there, {now} now: resume with --{key} {there}"
+
+
 def versions() -> dict:
     """The versions that made a run: smallct, torch, torchvision, timm, Python."""
     return {"smallct": smallct.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
@@ -291,11 +304,13 @@ def versions() -> dict:
 
 
 def run_record(cfg: CVConfig, dataset: Dataset, source: WeightSource, img_size: int, folds: Folds, *,
-               device: torch.device, context=None) -> dict:
+               device: torch.device, context=None, ranks=None, processes: int = 1) -> dict:
     """The content of ``run.json``: enough to rebuild and apply every fold model, and the groups its folds
     keep whole (``resampling``: what the intervals of its figures resample). ``device`` and ``threads`` (torch's
     thread count now) are recorded because the same settings give other figures with others. ``context``: the
-    2.5D input (:class:`smallct.data.context.Context`; its channel count and order), or None for single slices."""
+    2.5D input (:class:`smallct.data.context.Context`; its channel count and order), or None for single slices.
+    ``ranks``: the processes that train each fold together (:class:`smallct.engine.ranks.Ranks`; None: one), whose
+    number (``world_size``) changes the figures as the thread count does; ``processes``: all of the job's."""
     weights = label_weights(dataset.class_names) if dataset.task == "multilabel" else None
     return {
         "config": to_dict(cfg),
@@ -321,6 +336,10 @@ def run_record(cfg: CVConfig, dataset: Dataset, source: WeightSource, img_size: 
         "versions": versions(),
         "device": device.type,
         "threads": torch.get_num_threads(),
+        # torchrun: processes per fold (DDP; batch_size images a step on each), and of the whole job
+        "world_size": 1 if ranks is None else ranks.world,
+        "global_batch": cfg.train.batch_size * (1 if ranks is None else ranks.world),
+        "processes": processes, "fold_parallel": cfg.fold_parallel,
         "similar_images": folds.similar_record(dataset.ids),
         "resampling": folds.resampling_record(),
     }

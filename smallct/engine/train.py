@@ -25,13 +25,10 @@ from smallct.data.augmentations import PER_IMAGE, Mix, augment_batch, mix_batch
 from smallct.data.context import reverse_neighbours
 from smallct.data.source import BatchSource, as_source
 from smallct.data.transforms import augment, normalize
+from smallct.engine.ranks import Ranks
 from smallct.evaluation.metrics import classification_metrics
 from smallct.models.factory import parameter_groups, set_backbone_trainable
 
-# Images of the warm-up step and of the timed step of :func:`time_training_step` on a CPU; and the seconds within
-# which it times the training batch too (it is then cheap, and says more).
-TIMING_BATCH_CPU = 4
-FULL_BATCH_SECONDS = 5.0
 # An epoch expected to take longer (its first step's seconds x its steps) gets a bar of its batches under the bar
 # of epochs in :func:`fit`, so that a slow model shows that it moves.
 BATCH_BAR_SECONDS = 30.0
@@ -179,7 +176,8 @@ def _probs(logits: torch.Tensor, task: str) -> torch.Tensor:
     return torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=1)
 
 
-def _autocast(device: torch.device, enabled: bool):
+def autocast(device: torch.device, enabled: bool):
+    """bfloat16 (else float16) autocast on CUDA when ``enabled`` (``--amp``); float32 on a CPU."""
     if device.type == "cuda" and enabled:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
@@ -200,7 +198,7 @@ def predict_proba(model: nn.Module, x: BatchSource | torch.Tensor, mean, std, ta
     out = []
     for xb in as_source(x).in_batches(batch_size, device):
         xb = normalize(xb.to(device, non_blocking=True), mean, std)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             p = _probs(model(xb).float(), task)
             if tta:
                 p = (p + _probs(model(xb.flip(-1)).float(), task)) / 2
@@ -212,7 +210,7 @@ def fit(model: nn.Module, x: BatchSource | torch.Tensor, y: torch.Tensor, cfg: T
         task: str = "binary", seed: int = 0, device: torch.device | None = None,
         val: tuple[BatchSource | torch.Tensor, torch.Tensor] | None = None,
         on_epoch: Callable[[dict], None] | None = None, desc: str = "train", progress: bool = True,
-        label_weights=None) -> list[dict]:
+        label_weights=None, ranks: Ranks = Ranks()) -> list[dict]:
     """Train ``model`` in place on uint8 images ``x`` (N, 3, H, W) and labels ``y``.
 
     ``x`` is a batch source, usually a set's source and the training rows (``source.take(train)``), or a tensor;
@@ -228,6 +226,10 @@ def fit(model: nn.Module, x: BatchSource | torch.Tensor, y: torch.Tensor, cfg: T
     it. A frozen backbone (:func:`backbone_frozen`) keeps its BatchNorm running statistics. A 2.5D source
     (:mod:`smallct.data.context`) has its neighbour order reversed at random (``cfg.reverse_neighbours``). When the
     first step says an epoch will take long (:func:`slow_epoch`), each epoch also shows a bar of its batches.
+
+    ``ranks``: the processes that train this model together (torchrun; :class:`smallct.engine.ranks.Ranks`): each
+    takes its shard of every global batch of ``cfg.batch_size`` x world images (the learning-rate schedule counts
+    global steps), gradients are averaged by DistributedDataParallel, and every figure comes from all ranks' images.
     """
     device = device or torch.device("cpu")
     model.to(device)
@@ -238,10 +240,11 @@ def fit(model: nn.Module, x: BatchSource | torch.Tensor, y: torch.Tensor, cfg: T
         if cfg.compile:
             forward = torch.compile(model)  # shares the parameters; ``model`` (and its state_dict) stay plain
     x, y = as_source(x), y.to(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)  # the order: the same on every rank
+    draws = ranks.augment_generator(seed, generator)  # augmentation and mixup: this rank's own
     n = len(x)
-    bs = min(cfg.batch_size, n)
-    steps_per_epoch = n // bs if n % bs < 2 else n // bs + 1  # never a last batch of 1 (BatchNorm)
+    bs = ranks.per_rank_batch(cfg.batch_size, n)
+    steps_per_epoch = ranks.steps_per_epoch(n, bs)  # never a last batch of 1 (BatchNorm)
     total = steps_per_epoch * cfg.epochs
     optimizer = make_optimizer(model, cfg)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -258,14 +261,17 @@ def fit(model: nn.Module, x: BatchSource | torch.Tensor, y: torch.Tensor, cfg: T
         start = time.perf_counter()
         model.train()  # then the freeze: a frozen backbone's BatchNorm layers stay in eval mode
         set_backbone_trainable(model, not backbone_frozen(cfg, epoch))
+        if ranks.distributed and (epoch == 0 or backbone_frozen(cfg, epoch - 1) != backbone_frozen(cfg, epoch)):
+            forward = ranks.wrap(model, device)  # DDP reduces the parameters that train now
+            if device.type == "cuda" and cfg.compile:
+                forward = torch.compile(forward)  # DDP's own graph breaks at its buckets (DDPOptimizer)
         if slow is False and epoch > 0 and backbone_frozen(cfg, epoch - 1) and not backbone_frozen(cfg, epoch):
             slow, timed = None, 0  # head-only steps were timed: a step of the whole network decides again
         order = torch.randperm(n, generator=generator, device=device)
-        steps = [order[b * bs:(b + 1) * bs] if b < steps_per_epoch - 1 else order[b * bs:]
-                 for b in range(steps_per_epoch)]
+        steps = ranks.shard(order, bs, steps_per_epoch)  # this rank's rows of each step, and its loss's weight
         host = order.cpu()  # the source reads by host indices: one copy an epoch (none on a CPU), no sync a step
         # read ahead; closed with the epoch, or when a step fails
-        images = x.batches([host[b * bs:b * bs + len(idx)] for b, idx in enumerate(steps)], device)
+        images = x.batches([idx for idx, _ in ranks.shard(host, bs, steps_per_epoch)], device)
         # sums stay on the device: no host-device synchronisation inside the epoch
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
@@ -274,26 +280,26 @@ def fit(model: nn.Module, x: BatchSource | torch.Tensor, y: torch.Tensor, cfg: T
         try:  # the batches read ahead are dropped with the epoch, or when a step fails
             for b in range(steps_per_epoch):
                 step_start = time.perf_counter()
-                idx = steps[b]
+                idx, share = steps[b]
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * lr_factor(cfg, step, total, steps_per_epoch)
                 xb = next(images).float()
                 if reverse:  # a 2.5D input's slices read either way along the series
-                    xb = reverse_neighbours(xb, x.slice_channels, generator)
-                xb = augment(xb, cfg.augment, generator)
-                xb = augment_batch(xb, generator, **ingredients)
-                xb, mix = mix_batch(xb, cfg.mixup, cfg.cutmix, generator)
+                    xb = reverse_neighbours(xb, x.slice_channels, draws)
+                xb = augment(xb, cfg.augment, draws)
+                xb = augment_batch(xb, draws, **ingredients)
+                xb, mix = mix_batch(xb, cfg.mixup, cfg.cutmix, draws)
                 xb = normalize(xb, mean, std)
                 xb = xb.contiguous(memory_format=torch.channels_last)
                 yb = y[idx]
-                with _autocast(device, cfg.amp):
+                with autocast(device, cfg.amp):
                     logits = forward(xb)
                     if mix is None:
                         loss, counted = loss_fn(logits.float(), yb.float() if task == "multilabel" else yb), yb
                     else:
                         loss, counted = _mixed_step(logits, yb, mix, task, loss_fn)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss if share == 1 else loss * share).backward()  # share: an uneven last global batch
                 optimizer.step()
                 if ema is not None:
                     update_ema(ema, model, ema_decay(cfg.ema, step))
@@ -310,14 +316,16 @@ def fit(model: nn.Module, x: BatchSource | torch.Tensor, y: torch.Tensor, cfg: T
                 batches.close()
         finally:
             images.close()
-        total_loss = total_loss.item()  # a NaN or inf in any step carries into the sum
-        if not math.isfinite(total_loss):
+        # every rank's images: sums of sums, never an average of the ranks' figures
+        total_loss, correct, seen = ranks.total(torch.stack([total_loss, correct, correct.new_tensor(seen)])).tolist()
+        if not math.isfinite(total_loss):  # a NaN or inf in any step carries into the sum
             raise FloatingPointError(f"loss is {total_loss / seen} at epoch {epoch + 1}: lower the learning rate")
-        record = {"epoch": epoch + 1, "train_loss": total_loss / seen, "train_acc": correct.item() / seen,
+        record = {"epoch": epoch + 1, "train_loss": total_loss / seen, "train_acc": correct / seen,
                   "lr": optimizer.param_groups[-1]["lr"]}
+        ranks.broadcast_state(model if ema is None else ema)  # BatchNorm statistics drift apart: rank 0's
         if val is not None:
             record.update(_evaluate(model if ema is None else ema, val[0], val[1], mean, std, task, loss_fn, device,
-                                    cfg.amp))
+                                    cfg.amp, ranks))
         record["seconds"] = time.perf_counter() - start
         history.append(record)
         bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("train_loss", "val_loss", "val_acc")})
@@ -345,13 +353,16 @@ def _n_correct(logits: torch.Tensor, y: torch.Tensor, task: str) -> float:
 
 
 @torch.no_grad()
-def _evaluate(model, x, y, mean, std, task, loss_fn, device, amp) -> dict:
+def _evaluate(model, x, y, mean, std, task, loss_fn, device, amp, ranks: Ranks = Ranks()) -> dict:
+    """Loss, accuracy and (single-label) ROC AUC of ``model`` on the images ``x``, from the logits of all the images
+    (with several ranks: each rank's part, gathered)."""
     model.eval()
     logits = []
-    for xb in as_source(x).in_batches(64, device):
-        with _autocast(device, amp):
+    x = as_source(x)
+    for xb in (x.take(ranks.part(len(x))) if ranks.distributed else x).in_batches(64, device):
+        with autocast(device, amp):
             logits.append(model(normalize(xb.to(device), mean, std)).float())
-    logits = torch.cat(logits)
+    logits = ranks.gather(torch.cat(logits)).to(device)
     if not torch.isfinite(logits).all():  # a diverged model: say so, rather than fail on NaN in a metric
         raise FloatingPointError("the model's outputs are NaN or infinite after this epoch: lower the learning rate")
     y = y.to(device)
@@ -361,50 +372,3 @@ def _evaluate(model, x, y, mean, std, task, loss_fn, device, amp) -> dict:
         probs = torch.softmax(logits, dim=1).cpu().numpy()
         out["val_auc"] = classification_metrics(y.cpu().numpy(), probs)["roc_auc"]
     return out
-
-
-def timing_batch(cfg: TrainConfig, n: int, device: torch.device) -> int:
-    """Images per timed step: a small batch on a CPU (:data:`TIMING_BATCH_CPU`), where a full batch of a large
-    model takes many seconds; the training batch on a GPU, where it takes milliseconds."""
-    return min(cfg.batch_size, n, TIMING_BATCH_CPU if device.type == "cpu" else n)
-
-
-def time_training_step(model: nn.Module, x: BatchSource | torch.Tensor, y: torch.Tensor, cfg: TrainConfig, mean, std,
-                       task: str, device: torch.device, steps: int = 1) -> float:
-    """Seconds per training image, timed over ``steps`` forward/backward steps after one warm-up step, on
-    :func:`timing_batch` images (resnet152 at 224 px on a CPU: two steps of 4 images, seconds rather than a
-    minute). When a warm-up and a timed step of the training batch would take under :data:`FULL_BATCH_SECONDS`
-    (small images, a small model), they are taken too and give the time: there a step's fixed costs weigh, and a
-    small batch would say several times too much (resnet18 at 32 px: 52 ms an image in batches of 4, 9 in 32).
-
-    The model's weights are restored afterwards, so the estimate does not change the run.
-    """
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.to(device, memory_format=torch.channels_last).train()  # as in fit
-    loss_fn = loss_function(task, 0.0)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-
-    def per_image(bs: int) -> float:
-        xb = normalize(as_source(x).head(bs).to(device), mean, std).contiguous(memory_format=torch.channels_last)
-        yb = y[:bs].to(device)
-        times = []
-        for _ in range(steps + 1):  # the first: a warm-up
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            with _autocast(device, cfg.amp):
-                loss = loss_fn(model(xb).float(), yb.float() if task == "multilabel" else yb)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        return float(np.median(times[1:])) / bs
-
-    small, full = timing_batch(cfg, len(x), device), min(cfg.batch_size, len(x))
-    seconds = per_image(small)
-    if full > small and (steps + 1) * seconds * full <= FULL_BATCH_SECONDS:
-        seconds = per_image(full)
-    model.load_state_dict(state)
-    return seconds

@@ -13,8 +13,8 @@ import torch
 
 from smallct.config.run import TrainConfig
 from smallct.data.source import BatchSource, as_source
-from smallct.engine.estimate import fit_seconds
-from smallct.engine.train import fit, predict_proba, time_training_step
+from smallct.engine.estimate import fit_seconds, time_training_step
+from smallct.engine.train import fit, predict_proba
 from smallct.models.factory import create_model
 
 

@@ -44,7 +44,7 @@ INGREDIENTS = {
 # cv settings that describe the data, the machine or the run folder: never searched, never in best_params.json.
 NOT_SETTINGS = ("data", "labels", "id_col", "label_col", "class_names", "positive_class", "phantom_n", "out",
                 "device", "threads", "workers", "cache", "test_curves", "params_source", "tensorboard", "mlflow",
-                "offline")
+                "offline", "fold_parallel")
 # settings that define the objective itself: fixed for a whole study.
 NOT_SEARCHABLE = NOT_SETTINGS + ("folds", "repeats", "seed", "task")
 

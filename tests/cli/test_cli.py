@@ -41,6 +41,7 @@ def test_version_and_the_table_of_commands(capsys):
 
 @pytest.mark.parametrize("argv", [["--help"], *([name, "--help"] for name in cli.COMMANDS),
                                   ["prepare", "rsna", "--help"], ["prepare", "png", "--help"],
+                                  ["prepare", "merge", "--help"],
                                   ["data", "verify", "--help"], ["data", "manifest", "--help"]], ids=" ".join)
 def test_help_loads_no_torch_pandas_or_matplotlib(argv):
     result = _python("import sys\nfrom smallct import cli\n"
@@ -100,6 +101,23 @@ def test_one_error_path(capsys, error, code, first):
     assert execute(command, args, "smallct raises") == code
     err = capsys.readouterr().err.strip()
     assert err == first and "Traceback" not in err
+
+
+def test_under_torchrun_only_cv_runs_the_other_commands_refuse_in_one_line(monkeypatch, capsys):
+    # a mutant that lets every command run under torchrun repeats a tune study (or a prepare) once per process, each
+    # racing the others on the same files; one that refuses cv too breaks torchrun -m smallct.cv
+    command = _Raises(AssertionError("ran under torchrun"))
+    args = command_parser(command, "smallct raises").parse_args([])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert execute(command, args, "smallct raises") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("smallct raises: error: started by torchrun with WORLD_SIZE=2: ") and "\n" not in err
+    assert [name for name, c in cli.COMMANDS.items() if c.distributed] == ["cv"]
+    assert smallct.cv.main(["--params", "missing.json"]) == 2  # cv passes the gate (and stops at its settings file)
+    assert "missing.json" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun with one process: as without
+    with pytest.raises(AssertionError, match="ran under torchrun"):
+        execute(command, args, "smallct raises")
 
 
 def test_a_nan_loss_names_its_fold_and_keeps_the_finished_ones(phantom_dir, tmp_path, capsys):

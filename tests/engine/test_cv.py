@@ -241,3 +241,46 @@ def test_folds_do_not_depend_on_the_runs_preprocessing(head_ct_dir):
     np.testing.assert_array_equal(base.groups, other.groups)
     moved = folds_of(CVConfig(data=DataConfig(data=str(head_ct_dir)), repeats=2, seed=1), dataset, **quiet)
     assert not np.array_equal(base.assignment, moved.assignment)  # the check can fail: the seed moves them
+
+
+def test_sync_bn_asks_for_cuda_before_anything_is_written(tmp_path, phantom_dir):
+    # SyncBatchNorm accepts only accelerator tensors: on a CPU --sync-bn is one line, before the run folder exists
+    cfg = CVConfig(arch="resnet18", weights="none", device="cpu", out=tmp_path / "run",
+                   data=DataConfig(data=phantom_dir, img_size=32), train=TrainConfig(epochs=1, sync_bn=True))
+    with pytest.raises(ValueError, match="--sync-bn: SyncBatchNorm needs CUDA"):
+        run_cv(cfg, progress=False, log=lambda *a: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_fold_parallel_in_one_process_is_the_sequential_run_and_records_its_processes(tmp_path, phantom_dir):
+    # outside torchrun --fold-parallel has one process: the folds run one after another, with the same figures
+    # (run.json says so: world_size 1, processes 1); the tests of several processes launch torchrun
+    # (tests/engine/test_cv_torchrun.py)
+    runs = {}
+    for parallel in (False, True):
+        cfg = CVConfig(arch="resnet18", weights="none", folds=2, device="cpu", out=tmp_path / str(parallel),
+                       workers=1, fold_parallel=parallel, data=DataConfig(data=phantom_dir, img_size=32),
+                       train=TrainConfig(epochs=1, batch_size=8))
+        runs[parallel] = run_cv(cfg, progress=False, log=lambda *a: None, estimate=False)
+    assert runs[True].oof.equals(runs[False].oof)
+    record = RunFolder(tmp_path / "True").read_record()
+    assert (record["world_size"], record["processes"], record["global_batch"], record["fold_parallel"]) == (1, 1, 8,
+                                                                                                          True)
+
+
+def test_sync_bn_keeps_the_activation_of_timms_batchnorm_layers():
+    # timm's EfficientNets fuse BatchNorm and its activation (BatchNormAct2d); torch's convert_sync_batchnorm makes
+    # them a bare SyncBatchNorm and drops the activation (timm #1254). A mutant converting with torch's fails here:
+    # in eval mode the converted model must compute the same logits.
+    import timm  # the conversion smallct.engine.cv applies under torchrun with --sync-bn
+
+    from smallct.engine.cv import convert_sync_batchnorm
+
+    torch.manual_seed(0)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=2).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        after = convert_sync_batchnorm(model).eval()(x)
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+    assert torch.allclose(before, after, atol=1e-5)

@@ -199,3 +199,26 @@ def test_an_unweighted_rsna_run_is_not_resumed_with_the_metrics_weights(tmp_path
     assert folder.check_resume({**old, "label_weights": None}) is True
     with pytest.raises(ValueError, match=r"the loss's label weights \(None there, \[2.0"):
         folder.check_resume({**old, "label_weights": [2.0, 1.0, 1.0, 1.0, 1.0, 1.0]})
+
+
+def test_a_run_is_resumed_only_with_the_processes_that_trained_each_fold(tmp_path):
+    # torchrun: 2 processes training each fold together (DDP) give other figures than 1 (their batches, their
+    # BatchNorm statistics); a fold-parallel run trains each fold in one process, as a sequential run does, so the two
+    # resume each other. A run.json of smallct <= 0.6 has no world_size: one process. Mutant caught: world_size left
+    # out of MACHINE_THAT_CHANGES_RESULTS.
+    from smallct.engine.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    ddp = {"config": {"arch": "a"}, "folds": {"assignment": [[0, 1]]}, "input": {}, "world_size": 2}
+    folder.start(ddp, resuming=False)
+    folder.write_fold(0, 0, {"repeat": 0, "fold": 0})
+    assert folder.check_resume({**ddp, "processes": 2}) is True
+    with pytest.raises(ValueError, match=r"2 processes trained each fold there \(torchrun\), 1 now: resume with "
+                                         r"torchrun and 2 processes in all"):
+        folder.check_resume({**ddp, "world_size": 1, "fold_parallel": True})
+    old = {k: v for k, v in ddp.items() if k != "world_size"}
+    folder.start(old, resuming=False)
+    assert folder.check_resume({**old, "world_size": 1}) is True  # a 0.6 run: resumed by one process
+    with pytest.raises(ValueError, match=r"one process trained each fold there, 2 now: resume without torchrun, or "
+                                         r"under torchrun with --fold-parallel"):
+        folder.check_resume({**old, "world_size": 2})  # ... and never by two (a mutant reading only keys present)

@@ -15,9 +15,9 @@ from smallct.data.transforms import normalize
 from smallct.config.run import CVConfig, DataConfig, TrainConfig
 from smallct.models.factory import create_model
 from smallct.engine import train
-from smallct.engine.estimate import estimate_seconds, fit_seconds
-from smallct.engine.train import (TIMING_BATCH_CPU, ema_decay, fit, lr_factor, make_optimizer, slow_epoch,
-                                  time_training_step, timing_batch, update_ema)
+from smallct.engine import estimate
+from smallct.engine.estimate import TIMING_BATCH_CPU, estimate_seconds, fit_seconds, time_training_step, timing_batch
+from smallct.engine.train import ema_decay, fit, lr_factor, make_optimizer, slow_epoch, update_ema
 from smallct.models.weights import resolve_weights
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -234,7 +234,7 @@ def test_the_duration_estimate_times_one_small_batch_after_one_warm_up_step(monk
     # 0.3.0 timed three training batches (32 images each; resnet152 at 224 px: a minute before the first line): a
     # mutant timing the training batch, or more than one step after the warm-up, calls the model with more images.
     # A budget of 0 s for the training batch makes this tiny model as slow as resnet152 is on a CPU.
-    monkeypatch.setattr(train, "FULL_BATCH_SECONDS", 0.0)
+    monkeypatch.setattr(estimate, "FULL_BATCH_SECONDS", 0.0)
     model, x, y = _tiny(n=32)
     seen = _images_per_forward(model)
     cfg = CVConfig(train=TrainConfig(epochs=3, batch_size=32, tta=True))
@@ -251,7 +251,7 @@ def test_the_duration_estimate_times_one_small_batch_after_one_warm_up_step(monk
 def test_a_fast_model_is_timed_on_its_training_batch_too(monkeypatch):
     # where a warm-up and a timed training batch fit in the budget, they are taken (small images: a step's fixed
     # costs weigh, and 4 images would say several times too much); a mutant that never does sees [4, 4]
-    monkeypatch.setattr(train, "FULL_BATCH_SECONDS", 1e9)
+    monkeypatch.setattr(estimate, "FULL_BATCH_SECONDS", 1e9)
     model, x, y = _tiny(n=32)
     seen = _images_per_forward(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}

@@ -21,6 +21,7 @@ def config_from_argv(argv: list[str]) -> CVConfig:
 
 class CV(Command):
     name = "cv"
+    distributed = True  # torchrun --nproc-per-node N -m smallct.cv (smallct.engine.ranks)
     help = "cross-validated transfer learning on a labelled image set"
     description = ("Cross-validated transfer learning on a small labelled image set. Without --data it runs on a "
                    "generated synthetic head-CT phantom set (no download).")

@@ -18,7 +18,7 @@ class Prepare(Command):
     progress = False  # each sub-command has its own --no-progress
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        sub = parser.add_subparsers(dest="kind", required=True, metavar="{rsna,png}")
+        sub = parser.add_subparsers(dest="kind", required=True, metavar="{rsna,png,merge}")
         r = sub.add_parser("rsna", help="RSNA 2019 DICOM slices + stage_2_train.csv -> windowed RGB PNGs",
                            description="Window RSNA 2019 DICOM slices into RGB PNGs (one window per channel) and "
                                        "write manifest.csv (id, file, six labels, patient, study, series, "
@@ -35,6 +35,9 @@ class Prepare(Command):
         r.add_argument("--balance", action="store_true",
                        help="every positive (any = 1) and as many negatives drawn at random with --seed")
         r.add_argument("--seed", type=int, default=0, help="seed of --limit and --balance draws (default 0)")
+        r.add_argument("--shard", metavar="K/N",
+                       help="prepare only shard K of N (K counted from 1: --shard 1/4 ... --shard 4/4): whole series, "
+                            "the same flags in every shard, one --out; then: prepare merge OUT")
         png = sub.add_parser("png", help="a labelled PNG set -> the same normalised RGB PNG cache",
                              description="Normalise a labelled image folder (labels.csv or class sub-folders) "
                                          "into RGB uint8 PNGs and write manifest.csv (id, file, label).")
@@ -44,14 +47,30 @@ class Prepare(Command):
         png.add_argument("--id-col", help="id column of the labels CSV (default: 'id' or the first column)")
         png.add_argument("--label-col", help="label column of the labels CSV (default: the other column)")
         png.add_argument("--size", type=int, help="crop the border and resize to this side in px (default: keep size)")
+        png.add_argument("--shard", metavar="K/N", help="refused: a PNG set is prepared in one run (--workers)")
         for q in (r, png):
             q.add_argument("--workers", type=int, default=0, help="processes (default 0: every core; 1: one core)")
             q.add_argument("--no-progress", action="store_true", help="no progress bar")
+        merge = sub.add_parser("merge", help="join the shards of prepare rsna --shard K/N into manifest.csv",
+                               description="Join OUT/shards/manifest-K-of-N.csv and report-K-of-N.json of every "
+                                           "shard into OUT/manifest.csv and OUT/report.json, as one unsharded run "
+                                           "writes them; refused, writing nothing, while a shard is missing.")
+        merge.add_argument("out", type=Path, help="the folder every shard prepared into (their --out)")
 
     def run(self, args: argparse.Namespace) -> None:
         from smallct.datasets.prepare import prepare_png, prepare_rsna  # loaded on use: --help stays fast
+        from smallct.datasets.shards import merge_shards, prepare_rsna_shard  # loaded on use, as above
 
-        if args.kind == "rsna":
+        if args.kind == "merge":
+            merge_shards(args.out)
+        elif args.kind == "rsna" and args.shard is not None:
+            prepare_rsna_shard(args.dicom, args.labels, args.out, args.shard, windows=args.windows, size=args.size,
+                               limit=args.limit, balance=args.balance, seed=args.seed, workers=args.workers,
+                               progress=not args.no_progress)
+        elif args.kind == "png" and args.shard is not None:
+            raise ValueError(f"--shard {args.shard}: prepare png has no shards (a PNG set is prepared in one run; "
+                             "--workers 0 uses every core); only prepare rsna takes --shard")
+        elif args.kind == "rsna":
             prepare_rsna(args.dicom, args.labels, args.out, windows=args.windows, size=args.size, limit=args.limit,
                          balance=args.balance, seed=args.seed, workers=args.workers, progress=not args.no_progress)
         else:
