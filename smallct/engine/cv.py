@@ -148,7 +148,7 @@ def run_cv(cfg: CVConfig, dataset: Dataset | None = None, progress: bool = True,
     """
     ranks = Ranks.from_env()
     device = ranks.device(resolve_device(cfg.device))
-    with ranks.joined(device), \
+    with ranks.joined(device, gradients=not cfg.fold_parallel), \
             ranks.during("the start (data, image cache, folds) or the end", cfg.out):
         if not ranks.main:  # rank 0 speaks for the job
             log, progress = _quiet, False

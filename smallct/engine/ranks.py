@@ -105,23 +105,30 @@ class Ranks:
         return device
 
     @contextlib.contextmanager
-    def joined(self, device: torch.device, timeout: datetime.timedelta = STEP_TIMEOUT):
-        """Join the job's process group (gloo on a CPU, NCCL on CUDA) for the block, and leave it after. torchrun's
-        stop signal (SIGTERM, when another rank failed) raises :class:`RankStopped` in the block."""
+    def joined(self, device: torch.device, gradients: bool = True, timeout: datetime.timedelta = STEP_TIMEOUT):
+        """Join the job's process group for the block, and leave it after: NCCL on CUDA when the ranks exchange
+        ``gradients`` (DDP), else gloo (a CPU, or fold-parallel ranks, which only exchange objects). torchrun's stop
+        signal (SIGTERM, when another rank failed) raises :class:`RankStopped` in the block."""
         if not self.distributed or dist.is_initialized():
             yield self
             return
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout,
-                                device_id=device if device.type == "cuda" else None)
+        nccl = device.type == "cuda" and gradients
+        dist.init_process_group("nccl" if nccl else "gloo", timeout=timeout, device_id=device if nccl else None)
         for name, wait in (("steps", STEP_TIMEOUT), ("waits", FOLDS_TIMEOUT)):  # frozen fields, set while joined
             object.__setattr__(self, name, dist.new_group(backend="gloo", timeout=wait))
         previous = signal.signal(signal.SIGTERM, _stopped_by_signal)
+        failed = True
         try:
             yield self
-            dist.destroy_process_group()  # not after an error: peers may be inside a collective (it could block)
+            failed = False
         finally:
+            # left without tearing down, a gloo group may abort the process at exit (SIGABRT, not the exit code of
+            # the one-line error); after an error NCCL's teardown could block on peers inside a collective
+            if not (failed and nccl):
+                with contextlib.suppress(Exception):
+                    dist.destroy_process_group()
             signal.signal(signal.SIGTERM, previous)
             object.__setattr__(self, "steps", None)
             object.__setattr__(self, "waits", None)

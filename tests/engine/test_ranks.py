@@ -190,3 +190,25 @@ def test_ranks_end_every_epoch_with_rank_0s_batchnorm_statistics_and_average(tmp
     two = _on_two_ranks(tmp_path, "bn", cfg)
     assert _largest_difference(two[0], two[1]) == 0
     assert float(two[0]["bn.running_mean"].abs().max()) > 0  # the statistics moved from their start
+
+
+def _decide_worker(rank: int, world: int, store: str, out: str):
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        ranks = Ranks(rank, world, rank, world)
+        said = [ranks.decide(lambda: [rank, "folds"])]
+        try:  # rank 0's refusal (a resume with other settings) is every rank's, in its own words
+            ranks.decide(lambda: (_ for _ in ()).throw(ValueError(f"refused on rank {rank}")))
+        except ValueError as err:
+            said.append(str(err))
+        torch.save(said, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rank_0_decides_for_every_rank_and_its_refusal_stops_them_all(tmp_path):
+    # mutants caught: every rank deciding for itself (rank 1 would say [1, "folds"]); rank 0's ValueError not sent
+    # (rank 1 would wait in the broadcast, or go on)
+    out = str(tmp_path / "decide")
+    mp.spawn(_decide_worker, args=(2, str(tmp_path / "decide.store"), out), nprocs=2, join=True)
+    assert [torch.load(f"{out}.{r}") for r in range(2)] == [[[0, "folds"], "refused on rank 0"]] * 2
