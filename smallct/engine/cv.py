@@ -11,8 +11,6 @@ fold.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,7 +30,7 @@ from smallct.data.source import BatchSource, as_source
 from smallct.data.seeds import fit_seed
 from smallct.datasets.classes import class_note
 from smallct.datasets.explore import size_note
-from smallct.datasets.folder import Dataset, load_data
+from smallct.datasets.folder import Dataset, data_fingerprint, load_data
 from smallct.datasets.rsna import label_weights
 from smallct.engine import results as tables
 from smallct.engine.estimate import estimate_seconds, fmt_duration, slow_on_cpu
@@ -187,7 +185,7 @@ def _run_cv(cfg: CVConfig, ranks: Ranks, device: torch.device, dataset, progress
     if context is not None:  # each slice with its neighbours, gathered from the per-slice images
         images = context.source(images, dataset.neighbours, dataset.source)
         source = replace(source, mean=context.stats(source.mean), std=context.stats(source.std))
-    ranks.check_same("data", {"ids": digest(dataset.ids), "images": list(images.shape), "device": device.type,
+    ranks.check_same("data", {"data": data_fingerprint(dataset), "images": list(images.shape), "device": device.type,
                               "threads": torch.get_num_threads()})
     folds = ranks.decide(lambda: folds_of(cfg, dataset, progress, log, grouping))  # one near-duplicate search
     if context is not None:  # a training input must never carry a test slice as a neighbour
@@ -257,11 +255,6 @@ def check_shares(cfg: CVConfig, ranks: Ranks, n: int) -> None:
     if ranks.world > 1 and not cfg.fold_parallel and smallest < ranks.world:
         raise ValueError(f"{ranks.world} processes train each fold together, but a test fold of {n} images in "
                          f"{cfg.folds} folds holds {smallest}: use fewer processes, or --fold-parallel")
-
-
-def digest(value) -> str:
-    """A short fingerprint of a JSON-ready value (ranks compare their fold assignments by it, not by megabytes)."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def ranks_note(cfg: CVConfig, ranks: Ranks) -> str:
